@@ -92,7 +92,7 @@ static void check_row(demo_state *st, int r, const uint16_t *q_row, const uint16
 }
 
 static int parse(int argc, char **argv, demo_opts *o) {
-    *o = (demo_opts){.requests = 16, .max_len = 1500, .steps = 8, .page_size = 64, .h = 32, .h_k = 8, .d = 128,
+    *o = (demo_opts){.requests = 16, .max_len = 1024, .steps = 8, .page_size = 64, .h = 32, .h_k = 8, .d = 128,
                      .seed = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -100,7 +100,7 @@ static int parse(int argc, char **argv, demo_opts *o) {
         int *field = !strcmp(a, "--requests") ? &o->requests : !strcmp(a, "--max-len") ? &o->max_len
                    : !strcmp(a, "--steps") ? &o->steps : !strcmp(a, "--page-size") ? &o->page_size : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: fa3c demo [--requests N=16] [--max-len N=1500] [--steps N=8] [--page-size N=64]\n"
+            printf("usage: fa3c demo [--requests N=16] [--max-len N=1024] [--steps N=8] [--page-size N=64]\n"
                    "                 [--seed N=1] [--backend NAME]\n");
             return 1;
         }
