@@ -155,6 +155,20 @@ FA3C_API fa3c_status fa3c_context_set_stream(fa3c_context *ctx, void *stream);
 /* Waits until all work submitted through ctx has finished (no-op on CPU backends). */
 FA3C_API fa3c_status fa3c_context_synchronize(fa3c_context *ctx);
 
+/* Memory on the context's device (host memory for CPU backends), for tools, tests and bindings
+ * that have no framework of their own; a forward never needs them. fa3c_device_copy is
+ * synchronous with respect to the host and ordered after the work already submitted to ctx. */
+typedef enum fa3c_copy_kind {
+    FA3C_COPY_HOST_TO_DEVICE = 0,
+    FA3C_COPY_DEVICE_TO_HOST = 1,
+    FA3C_COPY_DEVICE_TO_DEVICE = 2,
+} fa3c_copy_kind;
+
+FA3C_API fa3c_status fa3c_device_alloc(fa3c_context *ctx, size_t bytes, void **ptr);
+FA3C_API void        fa3c_device_free(fa3c_context *ctx, void *ptr); /* NULL is allowed */
+FA3C_API fa3c_status fa3c_device_copy(fa3c_context *ctx, void *dst, const void *src, size_t bytes,
+                                      fa3c_copy_kind kind);
+
 /* ----------------------------------------------------------------------------------------- */
 /* Forward */
 

@@ -90,3 +90,28 @@ fa3c_status fa3c_context_synchronize(fa3c_context *ctx) {
     if (!ctx) return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "ctx: NULL");
     return ctx->backend->synchronize(ctx);
 }
+
+fa3c_status fa3c_device_alloc(fa3c_context *ctx, size_t bytes, void **ptr) {
+    fa3c_clear_error();
+    if (!ctx || !ptr) return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "%s: NULL", ctx ? "ptr" : "ctx");
+    if (ctx->backend->device_alloc) return ctx->backend->device_alloc(ctx, bytes, ptr);
+    *ptr = malloc(bytes ? bytes : 1);
+    return *ptr ? FA3C_OK : fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "device_alloc: %zu bytes", bytes);
+}
+
+void fa3c_device_free(fa3c_context *ctx, void *ptr) {
+    if (!ctx || !ptr) return;
+    if (ctx->backend->device_free) ctx->backend->device_free(ctx, ptr);
+    else free(ptr);
+}
+
+fa3c_status fa3c_device_copy(fa3c_context *ctx, void *dst, const void *src, size_t bytes, fa3c_copy_kind kind) {
+    fa3c_clear_error();
+    if (!ctx) return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "ctx: NULL");
+    if (kind < FA3C_COPY_HOST_TO_DEVICE || kind > FA3C_COPY_DEVICE_TO_DEVICE)
+        return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "kind: expected 0, 1 or 2, got %d", (int)kind);
+    if (bytes && (!dst || !src)) return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "%s: NULL", dst ? "src" : "dst");
+    if (ctx->backend->device_copy) return ctx->backend->device_copy(ctx, dst, src, bytes, kind);
+    if (bytes) memmove(dst, src, bytes);
+    return FA3C_OK;
+}

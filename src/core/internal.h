@@ -248,6 +248,10 @@ struct fa3c_backend {
                                const fa3c_tensor *out_b, const fa3c_tensor *lse_b, const fa3c_tensor *out,
                                const fa3c_tensor *lse);
     fa3c_status (*synchronize)(fa3c_context *ctx);
+    /* Device memory (GPU backends; NULL for CPU backends, which use host memory). */
+    fa3c_status (*device_alloc)(fa3c_context *ctx, size_t bytes, void **ptr);
+    void (*device_free)(fa3c_context *ctx, void *ptr);
+    fa3c_status (*device_copy)(fa3c_context *ctx, void *dst, const void *src, size_t bytes, fa3c_copy_kind kind);
 };
 
 extern const fa3c_backend fa3c_backend_cpu_ref;
