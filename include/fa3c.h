@@ -131,6 +131,8 @@ FA3C_API int         fa3c_backend_count(void);
 FA3C_API const char *fa3c_backend_name(int index);
 FA3C_API const char *fa3c_backend_description(int index);
 FA3C_API int         fa3c_backend_available(int index);
+/* The kind of device a backend runs on (its tensors must live there). */
+FA3C_API fa3c_device_type fa3c_backend_device_type(int index);
 
 typedef struct fa3c_context_options {
     const char *backend;      /* NULL: $FA3C_BACKEND if set, else the best available backend */

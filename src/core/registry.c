@@ -26,6 +26,10 @@ int fa3c_backend_available(int index) {
     return index >= 0 && index < REGISTRY_SIZE && registry[index]->available();
 }
 
+fa3c_device_type fa3c_backend_device_type(int index) {
+    return index >= 0 && index < REGISTRY_SIZE ? registry[index]->device_type : FA3C_DEVICE_CPU;
+}
+
 /* The backend called name, or the best available one when name is NULL or empty. */
 fa3c_status fa3c_backend_find(const char *name, const fa3c_backend **out) {
     for (int i = 0; i < REGISTRY_SIZE; i++) {
