@@ -200,6 +200,23 @@ static bool win_is(win w, bool causal, bool local, int64_t wl, int64_t wr) {
     return w.causal == causal && w.local == local && w.wl == wl && w.wr == wr;
 }
 
+/* FA3 packs for should_pack_gqa only on cu_seqlens_q / seqused_q (varlen_q), not on every varlen
+ * call; and a chunk bounds the keys a local tile loads (both window sides clamp to chunk - 1). */
+static void heuristic_inputs(void) {
+    fa3c_heuristic_in in = hin(2, 128, 1024, 8, 2, 128); /* 128 rows fill a 128-row tile unpacked */
+    in.is_varlen = true;
+    in.num_splits_req = 1; /* splits would force packing */
+    check(!resolve(in).pack_gqa, "pack: kvcache (seqused_k only), full tiles -> unpacked");
+    in.varlen_q = true;
+    check(resolve(in).pack_gqa, "pack: cu_seqlens_q -> packed");
+
+    in = hin(1, 1, 65536, 32, 8, 128); /* decode over 64k keys, chunk 256: 255 + 0 + 1 + 128 keys */
+    in.is_local = true;
+    check(resolve(in).num_splits > 1, "splits: local without chunk loads all keys -> split");
+    in.chunk = 256;
+    check(resolve(in).num_splits == 1, "splits: chunk 256 -> 3 key blocks -> 1 split");
+}
+
 static void windows(void) {
     check(win_is(norm(100, 100, 128, false, 0, true, -1, -1), true, false, -1, 0), "window causal -> (-1, 0)");
     check(win_is(norm(100, 100, 128, false, 0, true, 5, -1), false, true, 5, 0),
@@ -675,6 +692,7 @@ static void forward_with_metadata(void) {
 int main(void) {
     tiles();
     splits();
+    heuristic_inputs();
     windows();
 
     fa3c_context_options opt;

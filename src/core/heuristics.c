@@ -151,6 +151,10 @@ static int32_t auto_num_splits(const fa3c_heuristic_in *in, fa3c_tile t, int64_t
     if (in->is_local) {
         int64_t wl = in->window_left < 0 ? in->s_k - 1 : in->window_left;
         int64_t wr = in->window_right < 0 ? in->s_q - 1 : in->window_right;
+        if (in->chunk > 0) { /* a tile never crosses more than one chunk's keys */
+            wl = min64(wl, in->chunk - 1);
+            wr = min64(wr, in->chunk - 1);
+        }
         s_k_loaded = max64(0, min64(in->s_k, wl + wr + 1 + t.block_m));
     }
     int64_t num_n_blocks = ceil_div(s_k_loaded, t.block_n);
@@ -175,10 +179,6 @@ static int32_t auto_num_splits(const fa3c_heuristic_in *in, fa3c_tile t, int64_t
  *    get_scheduler_metadata(pack_gqa=0) consistent with the forward, fa3-semantics §0.17);
  *    otherwise the request when >= 0, else off for MHA and should_pack_gqa for GQA.
  * window_left/right: normalised (< 0 unbounded), as fa3c_normalize_window leaves them.
- * Approximations, for want of inputs: FA3 decides varlen_q for should_pack_gqa from cu_seqlens_q
- * / seqused_q only, here is_varlen (which also counts seqused_k, cu_seqlens_k, leftpad_k); and
- * FA3 clamps both window sides to attention_chunk - 1 before sizing the keys a local tile loads,
- * here a chunk without a window counts the whole s_k.
  */
 void fa3c_heuristics_resolve(const fa3c_heuristic_in *in, fa3c_heuristic_out *out) {
     int64_t g = in->h_k > 0 ? in->h / in->h_k : 1;
@@ -194,5 +194,32 @@ void fa3c_heuristics_resolve(const fa3c_heuristic_in *in, fa3c_heuristic_out *ou
     if (out->paged_non_tma || out->num_splits > 1) out->pack_gqa = true;
     else if (in->pack_gqa_req >= 0) out->pack_gqa = in->pack_gqa_req != 0;
     else if (in->h == in->h_k) out->pack_gqa = false;
-    else out->pack_gqa = fa3c_should_pack_gqa(in->is_varlen, in->s_q, g, t.block_m);
+    else out->pack_gqa = fa3c_should_pack_gqa(in->varlen_q, in->s_q, g, t.block_m);
+}
+
+fa3c_status fa3c_problem_heuristics(const fa3c_context *ctx, fa3c_problem *p) {
+    const fa3c_fwd_args *a = p->args;
+    int32_t num_sm = ctx->num_sm - a->sm_margin;
+    p->num_sm = num_sm > 1 ? num_sm : 1;
+    /* Empty head counts run nothing; give the heuristics a ratio they can divide by. */
+    bool heads = p->h > 0 && p->h_k > 0;
+    fa3c_heuristic_in in = {
+        .b = p->b, .s_q = p->s_q, .s_k = p->s_k, .h = heads ? p->h : 1, .h_k = heads ? p->h_k : 1,
+        .d = p->d, .dv = p->dv, .elem_size = p->is_fp8 ? 1 : 2,
+        .is_causal = p->is_causal, .is_local = p->is_local, .paged = p->paged,
+        .has_leftpad = fa3c_present(&a->leftpad_k), .append = p->append, .softcap = p->softcap > 0.f,
+        .is_varlen = p->is_varlen, .varlen_q = fa3c_present(&a->cu_seqlens_q) || fa3c_present(&a->seqused_q),
+        .page_size = p->page_size, .window_left = p->window_left, .window_right = p->window_right,
+        .chunk = p->chunk, .num_sm = p->num_sm, .num_splits_req = a->num_splits, .pack_gqa_req = a->pack_gqa,
+    };
+    fa3c_heuristic_out out;
+    fa3c_heuristics_resolve(&in, &out);
+    if (out.num_splits < 1 || out.num_splits > 256 || out.block_m < 1 || out.block_n < 1)
+        return fa3c_fail(FA3C_ERROR_INTERNAL, "heuristics: resolved num_splits %d, tile %dx%d out of range",
+                         (int)out.num_splits, (int)out.block_m, (int)out.block_n);
+    p->num_splits = out.num_splits;
+    p->pack_gqa = out.pack_gqa;
+    p->block_m = out.block_m;
+    p->block_n = out.block_n;
+    return FA3C_OK;
 }

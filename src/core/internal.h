@@ -149,8 +149,10 @@ typedef struct fa3c_heuristic_in {
     int64_t b, s_q, s_k, h, h_k, d, dv;
     int     elem_size;          /* 1 for fp8, else 2 */
     bool    is_causal, is_local, paged, has_leftpad, append, softcap, is_varlen;
+    bool    varlen_q;           /* cu_seqlens_q or seqused_q given (FA3's packing input) */
     int64_t page_size;
     int64_t window_left, window_right;
+    int64_t chunk;              /* attention_chunk, 0 off */
     int32_t num_sm;
     int32_t num_splits_req;     /* <= 0: heuristic */
     int32_t pack_gqa_req;       /* -1: heuristic */
@@ -162,6 +164,10 @@ typedef struct fa3c_heuristic_out {
     int32_t block_m, block_n;
 } fa3c_heuristic_out;
 void fa3c_heuristics_resolve(const fa3c_heuristic_in *in, fa3c_heuristic_out *out);
+/* Resolves p's num_sm, num_splits, pack_gqa and tile from its derived fields and the requests in
+ * p->args (num_splits, pack_gqa, sm_margin, leftpad_k, cu_seqlens_q, seqused_q): the one path of
+ * fa3c_problem_init and get_scheduler_metadata, so the two cannot disagree. */
+fa3c_status fa3c_problem_heuristics(const fa3c_context *ctx, fa3c_problem *p);
 
 /* FA3's window normalisation (mha_fwd / get_scheduler_metadata), in place. */
 void fa3c_normalize_window(int64_t s_q, int64_t s_k, int64_t d, bool paged, int64_t chunk, bool *is_causal,
@@ -254,6 +260,7 @@ struct fa3c_backend {
     fa3c_status (*device_copy)(fa3c_context *ctx, void *dst, const void *src, size_t bytes, fa3c_copy_kind kind);
 };
 
+extern const fa3c_backend fa3c_backend_cpu;
 extern const fa3c_backend fa3c_backend_cpu_ref;
 #ifdef FA3C_HAVE_CUDA_BACKEND
 extern const fa3c_backend fa3c_backend_cuda;

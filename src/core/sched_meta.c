@@ -514,23 +514,7 @@ fa3c_status fa3c_problem_from_scheduler_args(const fa3c_context *ctx, const fa3c
     fa3c_normalize_window(p->s_q, p->s_k, p->d, p->paged, p->chunk, &p->is_causal, &p->window_left,
                           &p->window_right, &p->is_local);
 
-    p->num_sm = ctx->num_sm - sa->sm_margin > 1 ? ctx->num_sm - sa->sm_margin : 1;
-    fa3c_heuristic_in in = {
-        .b = p->b, .s_q = p->s_q, .s_k = p->s_k, .h = p->h, .h_k = p->h_k, .d = p->d, .dv = p->dv,
-        .elem_size = p->is_fp8 ? 1 : 2,
-        .is_causal = p->is_causal, .is_local = p->is_local, .paged = p->paged,
-        .has_leftpad = fa3c_present(&sa->leftpad_k), .append = p->append, .softcap = p->softcap > 0.f,
-        .is_varlen = p->is_varlen, .page_size = p->page_size,
-        .window_left = p->window_left, .window_right = p->window_right,
-        .num_sm = p->num_sm, .num_splits_req = sa->num_splits, .pack_gqa_req = sa->pack_gqa,
-    };
-    fa3c_heuristic_out out;
-    fa3c_heuristics_resolve(&in, &out);
-    p->num_splits = out.num_splits;
-    p->pack_gqa = out.pack_gqa;
-    p->block_m = out.block_m;
-    p->block_n = out.block_n;
-    return FA3C_OK;
+    return fa3c_problem_heuristics(ctx, p);
 }
 
 /* ----------------------------------------------------------------------------------------- */

@@ -534,44 +534,7 @@ static fa3c_status resolve(const fa3c_context *ctx, const fa3c_fwd_args *a, fa3c
     p->window_left = wl;
     p->window_right = wr;
 
-    int32_t num_sm = ctx->num_sm - a->sm_margin;
-    p->num_sm = num_sm > 1 ? num_sm : 1;
-
-    fa3c_heuristic_in in;
-    memset(&in, 0, sizeof in);
-    in.b = p->b;
-    in.s_q = p->s_q;
-    in.s_k = p->s_k;
-    /* Empty head counts (h_k == 0 implies h == 0) run nothing; give the heuristics a ratio they can divide by. */
-    in.h = p->h_k > 0 && p->h > 0 ? p->h : 1;
-    in.h_k = p->h_k > 0 && p->h > 0 ? p->h_k : 1;
-    in.d = p->d;
-    in.dv = p->dv;
-    in.elem_size = p->is_fp8 ? 1 : 2;
-    in.is_causal = p->is_causal;
-    in.is_local = p->is_local;
-    in.paged = p->paged;
-    in.has_leftpad = fa3c_present(&a->leftpad_k);
-    in.append = p->append;
-    in.softcap = p->softcap > 0;
-    in.is_varlen = p->is_varlen;
-    in.page_size = p->page_size;
-    in.window_left = p->window_left;
-    in.window_right = p->window_right;
-    in.num_sm = p->num_sm;
-    in.num_splits_req = a->num_splits;
-    in.pack_gqa_req = a->pack_gqa;
-    fa3c_heuristic_out out;
-    memset(&out, 0, sizeof out);
-    fa3c_heuristics_resolve(&in, &out);
-    if (out.num_splits < 1 || out.num_splits > 256 || out.block_m < 1 || out.block_n < 1)
-        return fa3c_fail(FA3C_ERROR_INTERNAL, "heuristics: resolved num_splits %d, tile %dx%d out of range",
-                         (int)out.num_splits, (int)out.block_m, (int)out.block_n);
-    p->num_splits = out.num_splits;
-    p->pack_gqa = out.pack_gqa;
-    p->block_m = out.block_m;
-    p->block_n = out.block_n;
-    return FA3C_OK;
+    return fa3c_problem_heuristics(ctx, p);
 }
 
 /* out_accum (S, b, h, s_q, dv) / (S, h, total_q, dv), lse_accum (S, b, h, s_q) / (S, h, total_q). */
