@@ -174,13 +174,15 @@ static void gen_kvcache(gen *g) {
                 }
                 if (c->s_new > 0) c->rotary = pick(g, 3); /* none, interleaved, half */
                 if (c->rotary && chance(g, 0.3)) c->rotary_dim = d / 2;
+                c->rotary_seqlens = c->rotary && chance(g, 0.2);
+                c->no_cache_seqlens = c->s_new == 0 && chance(g, 0.15);
                 c->leftpad = chance(g, 0.3);
                 c->batch_idx = chance(g, 0.3);
                 c->varlen_q = chance(g, 0.3);
                 mask(g, c, 3); /* FA3's (causal, local) pairs */
                 if ((c->causal || c->wl >= 0) && chance(g, 0.3)) c->chunk = tu_rng_int(&g->r, 1, 2 * c->s_k);
                 splits(g, c);
-                c->sched_meta = chance(g, 0.5);
+                c->sched_meta = !c->no_cache_seqlens && chance(g, 0.5); /* the metadata needs cache_seqlens */
                 heads(g, c);
                 if (c->h == 3) c->h = 6, c->h_k = 3; /* FA3's kvcache heads: 6 / (6, 3, 1) */
                 extras(g, c);

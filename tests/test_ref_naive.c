@@ -120,6 +120,10 @@ static void build_cases(case_list *l) {
     c->qv = true, c->page_size = 16, c->s_new = 1;
     c = add(l, TU_KVCACHE, BF, 2, 2, 600, 4, 2, 128, 128);
     c->num_splits = 3, c->out_accum = true, c->sched_meta = true, c->s_new = 2;
+    c = add(l, TU_KVCACHE, F16, 3, 3, 40, 4, 2, 64, 64);
+    c->s_new = 3, c->rotary = 2, c->rotary_seqlens = true, c->causal = true;
+    c = add(l, TU_KVCACHE, BF, 3, 2, 20, 2, 1, 64, 64); /* no cache_seqlens: all 3x pages attended */
+    c->page_size = 3, c->no_cache_seqlens = true, c->leftpad = true;
     c = add(l, TU_KVCACHE, BF, 2, 2, 0, 2, 1, 64, 64); /* empty cache, no append: out 0, lse +inf */
     for (int i = 0; i < l->n; i++) tu_case_describe(&l->c[i], "");
 }

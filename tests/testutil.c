@@ -6,7 +6,6 @@
 
 #include "core/internal.h"
 
-#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,56 +46,23 @@ void tu_rng_perm(tu_rng *r, int32_t *p, int64_t n) {
 }
 
 /* ----------------------------------------------------------------------------------------- */
-/* CUDA runtime entry points, looked up in the process (present when the library links cudart). */
-
-typedef int (*tu_cuda_malloc_fn)(void **, size_t);
-typedef int (*tu_cuda_free_fn)(void *);
-typedef int (*tu_cuda_memcpy_fn)(void *, const void *, size_t, int);
-typedef int (*tu_cuda_sync_fn)(void);
-
-typedef struct tu_cuda {
-    tu_cuda_malloc_fn malloc_;
-    tu_cuda_free_fn   free_;
-    tu_cuda_memcpy_fn memcpy_;
-    tu_cuda_sync_fn   sync_;
-} tu_cuda;
-
-enum { TU_CUDA_H2D = 1, TU_CUDA_D2H = 2 };
-
-static bool tu_cuda_get(tu_cuda *c) {
-    /* dlsym returns void *; the cast to a function pointer is POSIX's documented use. */
-    void *m = dlsym(RTLD_DEFAULT, "cudaMalloc"), *f = dlsym(RTLD_DEFAULT, "cudaFree");
-    void *cp = dlsym(RTLD_DEFAULT, "cudaMemcpy"), *s = dlsym(RTLD_DEFAULT, "cudaDeviceSynchronize");
-    if (!m || !f || !cp || !s) return false;
-    memcpy(&c->malloc_, &m, sizeof m);
-    memcpy(&c->free_, &f, sizeof f);
-    memcpy(&c->memcpy_, &cp, sizeof cp);
-    memcpy(&c->sync_, &s, sizeof s);
-    return true;
-}
-
-bool tu_device_usable(const fa3c_context *ctx, char *why, size_t n) {
-    if (fa3c_context_device_type(ctx) == FA3C_DEVICE_CPU) return true;
-    tu_cuda c = {NULL, NULL, NULL, NULL};
-    if (tu_cuda_get(&c)) return true;
-    snprintf(why, n, "device backend but the CUDA runtime's cudaMalloc/cudaMemcpy are not in the process");
-    return false;
-}
-
-/* ----------------------------------------------------------------------------------------- */
 /* Guarded buffers */
 
 static uint8_t tu_guard_byte(size_t i) { return (uint8_t)(0x5A + 31 * i); }
 
 void tu_arena_init(tu_arena *a) { memset(a, 0, sizeof *a); }
 
+static void tu_buf_free_dev(tu_buf *b) {
+    if (b->dev) fa3c_device_free(b->dev_ctx, b->dev);
+    b->dev = NULL;
+    b->dev_ctx = NULL;
+}
+
 void tu_arena_free(tu_arena *a) {
-    tu_cuda c = {NULL, NULL, NULL, NULL};
-    bool cuda = tu_cuda_get(&c);
     for (int i = 0; i < a->n; i++) {
         free(a->buf[i].base);
         free(a->buf[i].saved);
-        if (a->buf[i].dev && cuda) c.free_(a->buf[i].dev);
+        tu_buf_free_dev(&a->buf[i]);
     }
     memset(a, 0, sizeof *a);
 }
@@ -169,25 +135,26 @@ void tu_arena_restore(tu_arena *a) {
         if (a->buf[i].saved) memcpy(a->buf[i].base, a->buf[i].saved, a->buf[i].bytes + 2 * TU_GUARD);
 }
 
-int tu_arena_to_device(tu_arena *a) {
-    tu_cuda c = {NULL, NULL, NULL, NULL};
-    if (!tu_cuda_get(&c)) return -1;
+int tu_arena_to_device(tu_arena *a, fa3c_context *ctx) {
     for (int i = 0; i < a->n; i++) {
         tu_buf *b = &a->buf[i];
         size_t total = b->bytes + 2 * TU_GUARD;
-        if (!b->dev && c.malloc_(&b->dev, total) != 0) return -1;
-        if (c.memcpy_(b->dev, b->base, total, TU_CUDA_H2D) != 0) return -1;
+        if (b->dev && b->dev_ctx != ctx) tu_buf_free_dev(b); /* a twin made for another context */
+        if (!b->dev) {
+            if (fa3c_device_alloc(ctx, total, &b->dev) != FA3C_OK) return -1;
+            b->dev_ctx = ctx;
+        }
+        if (fa3c_device_copy(ctx, b->dev, b->base, total, FA3C_COPY_HOST_TO_DEVICE) != FA3C_OK) return -1;
     }
     return 0;
 }
 
-int tu_arena_from_device(tu_arena *a) {
-    tu_cuda c = {NULL, NULL, NULL, NULL};
-    if (!tu_cuda_get(&c)) return -1;
-    if (c.sync_() != 0) return -1;
+int tu_arena_from_device(tu_arena *a, fa3c_context *ctx) {
     for (int i = 0; i < a->n; i++) {
         tu_buf *b = &a->buf[i];
-        if (b->dev && c.memcpy_(b->base, b->dev, b->bytes + 2 * TU_GUARD, TU_CUDA_D2H) != 0) return -1;
+        if (b->dev && b->dev_ctx == ctx &&
+            fa3c_device_copy(ctx, b->base, b->dev, b->bytes + 2 * TU_GUARD, FA3C_COPY_DEVICE_TO_HOST) != FA3C_OK)
+            return -1;
     }
     return 0;
 }
@@ -326,6 +293,8 @@ void tu_case_describe(tu_case *c, const char *prefix) {
     if (c->s_new) TU_ADD(" new%lld%s", (long long)c->s_new, c->varlen_q ? "v" : "");
     else if (c->varlen_q) TU_ADD(" vq");
     if (c->rotary) TU_ADD(" rot%s%lld", c->rotary == 1 ? "I" : "H", (long long)(c->rotary_dim ? c->rotary_dim : c->d));
+    if (c->rotary && c->rotary_seqlens) TU_ADD(" rotseq");
+    if (c->no_cache_seqlens && c->mode == TU_KVCACHE && !c->s_new) TU_ADD(" noseqlens");
     if (c->leftpad) TU_ADD(" leftpad");
     if (c->batch_idx) TU_ADD(" bidx");
     if (c->causal) TU_ADD(" causal");
@@ -480,7 +449,6 @@ int tu_prepare(const tu_case *c, tu_prepared *p) {
             p->s_k_static = c->s_k;
         }
         /* appended lengths; cache_seqlens leave room for them (and for q's rotary positions) */
-        int64_t s_new_max = c->s_new;
         if (c->s_new > 0) {
             for (int64_t i = 0; i < b; i++) lk[i] = (int32_t)(c->varlen_q ? tu_rand_len(&r, c->s_new) : c->s_new);
             if (c->varlen_q) {
@@ -497,13 +465,20 @@ int tu_prepare(const tu_case *c, tu_prepared *p) {
             tu_fill_normal(&a->k_new, &r, 1.0);
             tu_fill_normal(&a->v_new, &r, 1.0);
         }
-        int64_t room = c->s_new > 0 ? (c->rotary && c->s_q > s_new_max ? c->s_q : s_new_max) : 0;
+        int64_t room = c->s_new > 0 ? (c->rotary && c->s_q > c->s_new ? c->s_q : c->s_new) : 0;
         int32_t *cs = tmp;
         for (int64_t i = 0; i < b; i++) cs[i] = (int32_t)tu_rng_int(&r, c->s_new > 0 || c->s_k == 0 ? 0 : 1, c->s_k - room + 1);
-        a->seqused_k = tu_index(ar, cs, b);
+        bool seqlens = !(c->no_cache_seqlens && c->s_new == 0);
+        if (!seqlens) /* without cache_seqlens every row of the (static) cache is a key */
+            for (int64_t i = 0; i < b; i++) cs[i] = (int32_t)p->s_k_static;
+        else a->seqused_k = tu_index(ar, cs, b);
         if (c->leftpad) { /* below cache_seqlens, as FA3's test draws it */
             for (int64_t i = 0; i < b; i++) lq[i] = cs[i] > 0 ? (int32_t)tu_rng_int(&r, 0, cs[i]) : 0;
             a->leftpad_k = tu_index(ar, lq, b);
+        }
+        if (c->rotary && c->rotary_seqlens) {
+            for (int64_t i = 0; i < b; i++) lq[i] = cs[i] / 2;
+            a->seqlens_rotary = tu_index(ar, lq, b);
         }
         if (c->batch_idx) {
             int32_t *perm = malloc(sizeof(int32_t) * (size_t)b_cache);
@@ -881,16 +856,20 @@ tu_verdict tu_run(fa3c_context *ctx, tu_prepared *p, tu_rule rule, tu_report *re
     memset(rep, 0, sizeof *rep);
     rep->num_splits = 1;
     bool dev = fa3c_context_device_type(ctx) != FA3C_DEVICE_CPU;
-    if (!tu_device_usable(ctx, rep->msg, sizeof rep->msg)) return rep->v = TU_SKIP;
-    tu_arena_restore(&p->arena);
-    tu_arena run;
+    tu_arena run; /* this call's own buffers: partials and metadata */
     tu_arena_init(&run);
-    fa3c_fwd_args a = p->args;
     tu_accum acc = {0};
+    tu_arena_restore(&p->arena);
+    if (dev && tu_arena_to_device(&p->arena, ctx) != 0) {
+        snprintf(rep->msg, sizeof rep->msg, "copying the case to the device failed");
+        return rep->v = TU_FAIL;
+    }
+    fa3c_fwd_args ad = p->args; /* what the library sees (device pointers on a device) */
+    if (dev) tu_args_to_device(&p->arena, &run, &ad, ctx);
 
     fa3c_fwd_info info;
     memset(&info, 0, sizeof info);
-    fa3c_status st = fa3c_fwd_query(ctx, &a, &info);
+    fa3c_status st = fa3c_fwd_query(ctx, &ad, &info);
     if (st != FA3C_OK) {
         tu_arena_free(&run);
         return tu_fail_status(rep, st, "fa3c_fwd_query");
@@ -909,31 +888,32 @@ tu_verdict tu_run(fa3c_context *ctx, tu_prepared *p, tu_rule rule, tu_report *re
             acc.lse = tu_tensor(&run, FA3C_DTYPE_F32, 4, sl, 0);
         }
         acc.S = (int32_t)S;
-        a.out_accum = acc.out;
-        a.lse_accum = acc.lse;
     }
-    fa3c_scheduler_args sa;
-    bool meta = p->c.sched_meta && p->kvcache;
-    int64_t meta_n = 0;
-    if (meta) {
-        tu_sched_args(p, &sa);
-        st = fa3c_scheduler_metadata_size(ctx, &sa, &meta_n);
+    fa3c_scheduler_args sd; /* the metadata needs cache_seqlens (seqused_k) */
+    fa3c_tensor meta = {0};
+    bool use_meta = p->c.sched_meta && p->kvcache && fa3c_present(&p->args.seqused_k);
+    if (use_meta) {
+        tu_sched_args(p, &sd);
+        if (dev) tu_sched_to_device(&p->arena, &sd, ctx);
+        int64_t meta_n = 0;
+        st = fa3c_scheduler_metadata_size(ctx, &sd, &meta_n);
         if (st != FA3C_OK) {
             tu_arena_free(&run);
             return tu_fail_status(rep, st, "fa3c_scheduler_metadata_size");
         }
-        a.scheduler_metadata = tu_tensor(&run, FA3C_DTYPE_I32, 1, &meta_n, 0);
+        meta = tu_tensor(&run, FA3C_DTYPE_I32, 1, &meta_n, 0);
     }
-    if (dev && (tu_arena_to_device(&p->arena) != 0 || tu_arena_to_device(&run) != 0)) {
+    if (dev && tu_arena_to_device(&run, ctx) != 0) {
         snprintf(rep->msg, sizeof rep->msg, "copying the case to the device failed");
         tu_arena_free(&run);
         return rep->v = TU_FAIL;
     }
-    fa3c_fwd_args ad = a;
-    if (dev) tu_args_to_device(&p->arena, &run, &ad, ctx);
-    if (meta) {
-        fa3c_scheduler_args sd = sa;
-        if (dev) tu_sched_to_device(&p->arena, &sd, ctx);
+    if (acc.S > 1) {
+        ad.out_accum = tu_on_device(&run, &acc.out, ctx);
+        ad.lse_accum = tu_on_device(&run, &acc.lse, ctx);
+    }
+    if (use_meta) {
+        ad.scheduler_metadata = tu_on_device(&run, &meta, ctx);
         st = fa3c_get_scheduler_metadata(ctx, &sd, &ad.scheduler_metadata);
         if (st != FA3C_OK) {
             tu_arena_free(&run);
@@ -941,10 +921,10 @@ tu_verdict tu_run(fa3c_context *ctx, tu_prepared *p, tu_rule rule, tu_report *re
         }
     }
     rep->v = TU_PASS;
-    for (int call = 0; call < (meta ? 2 : 1) && rep->v == TU_PASS; call++) {
+    for (int call = 0; call < (use_meta ? 2 : 1) && rep->v == TU_PASS; call++) {
         if (call > 0) { /* FA3's test restores the cache and reuses the metadata */
             tu_arena_restore(&p->arena);
-            if (dev && tu_arena_to_device(&p->arena) != 0) {
+            if (dev && tu_arena_to_device(&p->arena, ctx) != 0) {
                 snprintf(rep->msg, sizeof rep->msg, "copying the case to the device failed");
                 rep->v = TU_FAIL;
                 break;
@@ -955,7 +935,7 @@ tu_verdict tu_run(fa3c_context *ctx, tu_prepared *p, tu_rule rule, tu_report *re
             tu_fail_status(rep, st, "fa3c_fwd");
             break;
         }
-        if (dev && (tu_arena_from_device(&p->arena) != 0 || tu_arena_from_device(&run) != 0)) {
+        if (dev && (tu_arena_from_device(&p->arena, ctx) != 0 || tu_arena_from_device(&run, ctx) != 0)) {
             snprintf(rep->msg, sizeof rep->msg, "copying the results from the device failed");
             rep->v = TU_FAIL;
             break;
@@ -974,7 +954,7 @@ tu_verdict tu_run(fa3c_context *ctx, tu_prepared *p, tu_rule rule, tu_report *re
         if (ok && acc.S > 1) ok = tu_check_accum(p, &acc, m, mn);
         if (!ok) {
             rep->v = TU_FAIL;
-            if (meta && call > 0) {
+            if (use_meta && call > 0) {
                 char tmp[sizeof rep->msg];
                 snprintf(tmp, sizeof tmp, "second call with the same metadata: %.470s", rep->msg);
                 memcpy(rep->msg, tmp, sizeof tmp);

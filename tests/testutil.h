@@ -8,9 +8,9 @@
  *
  * Shape legend as in include/fa3c.h (b, s_q, s_k, s_new, h, h_k, d, dv, S).
  *
- * Device backends: every buffer is a host buffer; for a context whose device is CUDA the arena is
- * mirrored into device memory around the call (the CUDA runtime's entry points are looked up in
- * the process, so the tests need no CUDA headers), and all checks run on the copies brought back.
+ * Device backends: every buffer is a host buffer; for a context whose device is not the CPU the
+ * arena is mirrored into device memory around the call (fa3c_device_alloc / fa3c_device_copy),
+ * and all checks run on the copies brought back.
  */
 #ifndef FA3C_TESTS_TESTUTIL_H
 #define FA3C_TESTS_TESTUTIL_H
@@ -44,7 +44,8 @@ typedef struct tu_buf {
     uint8_t *base;       /* guard | data | guard */
     size_t   bytes;      /* data bytes */
     uint8_t *saved;      /* snapshot of base (guards included) taken by tu_arena_snapshot */
-    void    *dev;        /* device twin of base (device backends) */
+    void    *dev;        /* device twin of base (device backends), allocated through dev_ctx */
+    fa3c_context *dev_ctx;
 } tu_buf;
 
 typedef struct tu_arena {
@@ -103,6 +104,8 @@ typedef struct tu_case {
     int        rotary;       /* 0: none; 1: interleaved; 2: half split (needs s_new > 0) */
     int64_t    rotary_dim;   /* 0: d */
     bool       leftpad, batch_idx;
+    bool       rotary_seqlens;   /* seqlens_rotary = cache_seqlens / 2 (else the default base) */
+    bool       no_cache_seqlens; /* no seqused_k (only without append): every cache row is attended */
     /* masks and options */
     bool       causal;
     int64_t    wl, wr;       /* window (-1: unbounded) */
@@ -159,12 +162,10 @@ tu_verdict tu_run(fa3c_context *ctx, tu_prepared *p, tu_rule rule, tu_report *re
 /* ----------------------------------------------------------------------------------------- */
 /* Device mirroring (for the combine tests too) */
 
-/* True when ctx runs on a device whose memory the tests can reach (CPU, or CUDA with the
- * runtime's cudaMalloc/cudaMemcpy/cudaFree found in the process). */
-bool tu_device_usable(const fa3c_context *ctx, char *why, size_t n);
-/* Copies every buffer of a to the device (allocating twins on first use); back to the host. */
-int  tu_arena_to_device(tu_arena *a);
-int  tu_arena_from_device(tu_arena *a);
+/* Copies every buffer of a (guards included) to ctx's device, allocating twins there on first
+ * use (fa3c_device_alloc); and back to the host. 0 or -1. */
+int  tu_arena_to_device(tu_arena *a, fa3c_context *ctx);
+int  tu_arena_from_device(tu_arena *a, fa3c_context *ctx);
 /* t with its data pointer moved into a's device twin (device_type CUDA); t itself on CPU. */
 fa3c_tensor tu_on_device(tu_arena *a, const fa3c_tensor *t, const fa3c_context *ctx);
 
