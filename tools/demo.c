@@ -163,6 +163,34 @@ static void free_state(demo_state *st) {
     free(st->page_table);
 }
 
+/* One call's fresh tokens: q/out (tokens, h, d), k_new/v_new (tokens, h_k, d) bf16, and the new
+ * keys and values as floats for the mirror. */
+typedef struct step_buffers {
+    uint16_t *q, *out, *k_new, *v_new;
+    float    *k_f32, *v_f32;
+} step_buffers;
+
+static void step_alloc(const demo_opts *o, int64_t tokens, uint64_t *rng, step_buffers *sb) {
+    int64_t qn = tokens * o->h * o->d, kn = tokens * o->h_k * o->d;
+    sb->q = malloc(qn * 2), sb->out = malloc(qn * 2), sb->k_new = malloc(kn * 2), sb->v_new = malloc(kn * 2);
+    sb->k_f32 = malloc(kn * sizeof(float)), sb->v_f32 = malloc(kn * sizeof(float));
+    fill_bf16(sb->q, NULL, qn, rng);
+    fill_bf16(sb->k_new, sb->k_f32, kn, rng);
+    fill_bf16(sb->v_new, sb->v_f32, kn, rng);
+}
+
+static void step_free(step_buffers *sb) {
+    free(sb->q), free(sb->out), free(sb->k_new), free(sb->v_new), free(sb->k_f32), free(sb->v_f32);
+}
+
+/* Copies `tokens` new key/value rows (from token `from` of sb) into request r's mirror at its end. */
+static void mirror_append(demo_state *st, int r, const step_buffers *sb, int64_t from, int64_t tokens) {
+    size_t row = (size_t)st->o.h_k * st->o.d;
+    memcpy(st->k_mirror[r] + st->lens[r] * row, sb->k_f32 + from * row, tokens * row * sizeof(float));
+    memcpy(st->v_mirror[r] + st->lens[r] * row, sb->v_f32 + from * row, tokens * row * sizeof(float));
+    st->lens[r] += (int32_t)tokens;
+}
+
 /* The cache/paging part of the arguments, shared by prefill and decode. */
 static void cache_args(demo_state *st, fa3c_fwd_args *a) {
     const demo_opts *o = &st->o;
@@ -183,20 +211,17 @@ static double prefill(fa3c_context *ctx, demo_state *st, const int32_t *prompt, 
         cu[r + 1] = cu[r] + prompt[r];
         if (prompt[r] > max_q) max_q = prompt[r];
     }
-    int64_t total = cu[R], qn = total * o->h * o->d, kn = total * o->h_k * o->d;
-    uint16_t *q = malloc(qn * 2), *out = malloc(qn * 2), *kn_ = malloc(kn * 2), *vn = malloc(kn * 2);
-    float *kf = malloc(kn * sizeof(float)), *vf = malloc(kn * sizeof(float));
-    fill_bf16(q, NULL, qn, rng);
-    fill_bf16(kn_, kf, kn, rng);
-    fill_bf16(vn, vf, kn, rng);
+    int64_t total = cu[R];
+    step_buffers sb;
+    step_alloc(o, total, rng, &sb);
 
     fa3c_fwd_args a;
     fa3c_fwd_args_init(&a);
     cache_args(st, &a);
-    a.q = tensor(q, FA3C_DTYPE_BF16, 3, total, o->h, o->d, 0);
-    a.k_new = tensor(kn_, FA3C_DTYPE_BF16, 3, total, o->h_k, o->d, 0);
-    a.v_new = tensor(vn, FA3C_DTYPE_BF16, 3, total, o->h_k, o->d, 0);
-    a.out = tensor(out, FA3C_DTYPE_BF16, 3, total, o->h, o->d, 0);
+    a.q = tensor(sb.q, FA3C_DTYPE_BF16, 3, total, o->h, o->d, 0);
+    a.k_new = tensor(sb.k_new, FA3C_DTYPE_BF16, 3, total, o->h_k, o->d, 0);
+    a.v_new = tensor(sb.v_new, FA3C_DTYPE_BF16, 3, total, o->h_k, o->d, 0);
+    a.out = tensor(sb.out, FA3C_DTYPE_BF16, 3, total, o->h, o->d, 0);
     a.cu_seqlens_q = tensor(cu, FA3C_DTYPE_I32, 1, R + 1, 0, 0, 0);
     a.cu_seqlens_k_new = a.cu_seqlens_q;
     a.max_seqlen_q = max_q;
@@ -207,20 +232,16 @@ static double prefill(fa3c_context *ctx, demo_state *st, const int32_t *prompt, 
         fprintf(stderr, "fa3c demo: prefill failed: %s: %s\n", fa3c_status_string(s), fa3c_last_error());
         dt = -1;
     } else {
-        size_t row = (size_t)o->h_k * o->d;
-        for (int r = 0; r < R; r++) {
-            memcpy(st->k_mirror[r], kf + cu[r] * row, prompt[r] * row * sizeof(float));
-            memcpy(st->v_mirror[r], vf + cu[r] * row, prompt[r] * row * sizeof(float));
-            st->lens[r] = prompt[r];
-        }
+        for (int r = 0; r < R; r++) mirror_append(st, r, &sb, cu[r], prompt[r]);
         for (int c = 0; c < 24; c++) { /* token t of a prompt sees keys 0..t */
             int r = (int)(rng_next(rng) % (uint64_t)R), t = (int)(rng_next(rng) % (uint64_t)prompt[r]);
             int head = (int)(rng_next(rng) % (uint64_t)o->h);
             int64_t tok = cu[r] + t;
-            check_row(st, r, q + tok * o->h * o->d, out + tok * o->h * o->d, t + 1, head);
+            check_row(st, r, sb.q + tok * o->h * o->d, sb.out + tok * o->h * o->d, t + 1, head);
         }
     }
-    free(cu), free(q), free(out), free(kn_), free(vn), free(kf), free(vf);
+    free(cu);
+    step_free(&sb);
     return dt;
 }
 
@@ -228,20 +249,16 @@ static double prefill(fa3c_context *ctx, demo_state *st, const int32_t *prompt, 
 static double decode_step(fa3c_context *ctx, demo_state *st, uint64_t *rng) {
     const demo_opts *o = &st->o;
     int R = o->requests;
-    int64_t qn = (int64_t)R * o->h * o->d, kn = (int64_t)R * o->h_k * o->d;
-    uint16_t *q = malloc(qn * 2), *out = malloc(qn * 2), *kn_ = malloc(kn * 2), *vn = malloc(kn * 2);
-    float *kf = malloc(kn * sizeof(float)), *vf = malloc(kn * sizeof(float));
-    fill_bf16(q, NULL, qn, rng);
-    fill_bf16(kn_, kf, kn, rng);
-    fill_bf16(vn, vf, kn, rng);
+    step_buffers sb;
+    step_alloc(o, R, rng, &sb);
 
     fa3c_fwd_args a;
     fa3c_fwd_args_init(&a);
     cache_args(st, &a);
-    a.q = tensor(q, FA3C_DTYPE_BF16, 4, R, 1, o->h, o->d);
-    a.k_new = tensor(kn_, FA3C_DTYPE_BF16, 4, R, 1, o->h_k, o->d);
-    a.v_new = tensor(vn, FA3C_DTYPE_BF16, 4, R, 1, o->h_k, o->d);
-    a.out = tensor(out, FA3C_DTYPE_BF16, 4, R, 1, o->h, o->d);
+    a.q = tensor(sb.q, FA3C_DTYPE_BF16, 4, R, 1, o->h, o->d);
+    a.k_new = tensor(sb.k_new, FA3C_DTYPE_BF16, 4, R, 1, o->h_k, o->d);
+    a.v_new = tensor(sb.v_new, FA3C_DTYPE_BF16, 4, R, 1, o->h_k, o->d);
+    a.out = tensor(sb.out, FA3C_DTYPE_BF16, 4, R, 1, o->h, o->d);
     double t0 = now_s();
     fa3c_status s = fa3c_fwd(ctx, &a);
     double dt = now_s() - t0;
@@ -249,18 +266,13 @@ static double decode_step(fa3c_context *ctx, demo_state *st, uint64_t *rng) {
         fprintf(stderr, "fa3c demo: decode failed: %s: %s\n", fa3c_status_string(s), fa3c_last_error());
         dt = -1;
     } else {
-        size_t row = (size_t)o->h_k * o->d;
-        for (int r = 0; r < R; r++) {
-            memcpy(st->k_mirror[r] + st->lens[r] * row, kf + r * row, row * sizeof(float));
-            memcpy(st->v_mirror[r] + st->lens[r] * row, vf + r * row, row * sizeof(float));
-            st->lens[r]++;
-        }
+        for (int r = 0; r < R; r++) mirror_append(st, r, &sb, r, 1);
         for (int c = 0; c < 4; c++) {
             int r = (int)(rng_next(rng) % (uint64_t)R), head = (int)(rng_next(rng) % (uint64_t)o->h);
-            check_row(st, r, q + (int64_t)r * o->h * o->d, out + (int64_t)r * o->h * o->d, st->lens[r], head);
+            check_row(st, r, sb.q + (int64_t)r * o->h * o->d, sb.out + (int64_t)r * o->h * o->d, st->lens[r], head);
         }
     }
-    free(q), free(out), free(kn_), free(vn), free(kf), free(vf);
+    step_free(&sb);
     return dt;
 }
 
