@@ -1,0 +1,562 @@
+// The attention forward on tensor cores (mma.sync m16n8k16, sm_80+), instantiated per head-dim
+// bucket, dtype and row shape in cuda_attn_d*.cu. Everything else is a run-time flag: masks,
+// softcap, sinks, paging, varlen, pack-GQA, splits, q rotary.
+//
+// One CTA = 4 warps on the query rows of one (sequence, head -- kv head when packed -- split).
+// Two row shapes (template MT, WSPLIT):
+//   many rows  each warp owns MT m16 tiles (BM = 64 * MT rows); every warp reads the whole K/V
+//              tile, so 32 rows a warp (MT = 2) halve the shared-memory traffic per mma;
+//   decode     (WSPLIT) the 4 warps share 16 rows and each takes a quarter of every key tile;
+//              their softmax states are merged through shared memory at the end. For q_len * g
+//              <= 16 this keeps all 4 warps computing instead of one.
+// S = Q K^T and O += P V run on mma.sync with ldmatrix operands; the online softmax works in log2
+// units (exp2, the scale folded into the scores); P feeds P.V straight from the S accumulators
+// (their layout is the A-operand layout). K/V tiles of BN keys stream through a two-stage cp.async
+// ring; for a paged cache the page ids of tile t + 2 arrive (cp.async, 4 bytes a row) while tile t
+// computes, so any page_size works with one page lookup per key row. Shared-memory rows are padded
+// by 16 bytes, which makes every ldmatrix phase hit 8 distinct bank groups.
+//
+// Shapes: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows (see cuda_attn_params); out
+// (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials
+// (S, b, h, s_q, dv) / (S, h, total_q, dv) and (S, b, h, s_q) / (S, h, total_q).
+#ifndef FA3C_CUDA_ATTN_CUH
+#define FA3C_CUDA_ATTN_CUH
+
+#include "cuda/cuda_internal.cuh"
+
+#include <limits.h>
+
+#define ATTN_THREADS 128
+#define ATTN_WARPS 4
+#define ATTN_LOG2E 1.4426950408889634f
+#define ATTN_LN2 0.6931471805599453f
+
+// Rows of a CTA: 16 (decode), else 4 warps x MT m16 tiles.
+__host__ __device__ constexpr int attn_block_m(int mt, int wsplit) { return wsplit ? 16 : 64 * mt; }
+// Keys per tile: 64, or 32 where the accumulators leave no registers for a 64-key S tile (32 rows
+// a warp with d > 64; d = 256). The decode shape needs 64 (16 keys a warp).
+__host__ __device__ constexpr int attn_block_n(int hd, int mt, int wsplit) {
+    return wsplit ? 64 : (mt == 2 && hd > 64) || hd > 192 ? 32 : 64;
+}
+
+// K/V stages: 3 for the decode shape (its CTAs are latency-bound on K/V; 3 stages still fit an
+// sm_80 block up to d = 192), else 2 (measured on H100: a third stage made the 32-rows shape slower).
+__host__ __device__ constexpr int attn_stages(int hd, int wsplit) {
+    return wsplit && hd <= 192 ? 3 : 2;
+}
+
+// Q tile, NST K stages, NST V stages (rows padded by 8 elements), NST page-id rows. The decode
+// shape reuses the K/V stages for its merge: 4 warps x 16 rows x dv floats and 2 x 64 floats.
+__host__ __device__ constexpr size_t attn_smem_bytes(int hd, int dv, int mt, int wsplit) {
+    return 2 * ((size_t)attn_block_m(mt, wsplit) * (hd + 8) +
+                (size_t)attn_stages(hd, wsplit) * attn_block_n(hd, mt, wsplit) * (hd + 8 + dv + 8)) +
+           (size_t)attn_stages(hd, wsplit) * attn_block_n(hd, mt, wsplit) * sizeof(int32_t);
+}
+
+// Token (within the sequence) and q head of packed row R of kv head hk / head `head`.
+__device__ __forceinline__ void attn_row(const cuda_attn_params &p, int R, int g, int head, int hk, int *i, int *hq) {
+    *i = R / g;
+    *hq = p.pack_gqa ? hk * g + R % g : head;
+}
+
+// Cache row r = k_offset + j of key j: (page, row in page) when paged, else (cache batch, r);
+// the element offset is x * stride_batch_or_page + y * stride_row. page = its page id.
+__device__ __forceinline__ void attn_cache_pos(const cuda_attn_params &p, const cuda_seqlens &sl, int j, int page,
+                                               int *x, int *y) {
+    int r = sl.k_offset + j;
+    if (p.page_table) {
+        *x = page;
+        *y = p.page_shift >= 0 ? r & (p.page_size - 1) : r % p.page_size;
+    } else {
+        *x = sl.k_batch;
+        *y = r;
+    }
+}
+
+// Page ids of keys k0 .. k0 + BN - 1 (those < kmax) into dst[BN].
+template <int BN>
+__device__ __forceinline__ void attn_issue_pages(const cuda_attn_params &p, const cuda_seqlens &sl, int k0, int kmax,
+                                                 int32_t *dst, int tid) {
+    if (tid >= BN) return;
+    int j = k0 + tid, r = sl.k_offset + j;
+    bool v = j < kmax;
+    const int32_t *src = p.page_table;
+    if (v) src += (int64_t)sl.k_batch * p.pt_sb + (p.page_shift >= 0 ? r >> p.page_shift : r / p.page_size);
+    cuda_cp_async4(cuda_smem_addr(dst + tid), src, v);
+}
+
+// K and V rows of keys k0 .. k0 + BN - 1 into one stage; rows >= kmax and columns >= d (dv) are
+// zero-filled, so padded head dims and the tail tile contribute exact zeros. Each thread issues a
+// fixed number of 16-byte chunks (compile-time unrolled).
+template <int HD, int DV, int BN>
+__device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const cuda_seqlens &sl, int hk, int k0,
+                                              int kmax, const int32_t *pages, uint16_t *dK, uint16_t *dV, int tid) {
+    constexpr int QS = HD + 8, VS = DV + 8, CPR_K = HD / 8, CPR_V = DV / 8;
+    constexpr int IT_K = BN * CPR_K / ATTN_THREADS, IT_V = BN * CPR_V / ATTN_THREADS;
+    static_assert(BN * CPR_K % ATTN_THREADS == 0 && BN * CPR_V % ATTN_THREADS == 0, "whole chunks per thread");
+    const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
+    const uint16_t *vb = (const uint16_t *)p.v + (int64_t)hk * p.v_sh;
+#pragma unroll 1
+    for (int it = 0; it < IT_K; it++) {
+        int idx = tid + it * ATTN_THREADS, rr = idx / CPR_K, c = idx % CPR_K, j = k0 + rr, x, y;
+        bool v = j < kmax;
+        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+        v = v && c * 8 < p.d;
+        const uint16_t *src = v ? kb + (int64_t)x * p.k_sb + (int64_t)y * p.k_sr + c * 8 : (const uint16_t *)p.k;
+        cuda_cp_async16(cuda_smem_addr(dK + rr * QS + c * 8), src, v);
+    }
+#pragma unroll 1
+    for (int it = 0; it < IT_V; it++) {
+        int idx = tid + it * ATTN_THREADS, rr = idx / CPR_V, c = idx % CPR_V, j = k0 + rr, x, y;
+        bool v = j < kmax;
+        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+        v = v && c * 8 < p.dv;
+        const uint16_t *src = v ? vb + (int64_t)x * p.v_sb + (int64_t)y * p.v_sr + c * 8 : (const uint16_t *)p.v;
+        cuda_cp_async16(cuda_smem_addr(dV + rr * VS + c * 8), src, v);
+    }
+}
+
+// The Q tile of BM rows: rows >= rows and columns >= d zero-filled. With q rotary (appending with
+// rotary_cos) each 8-element chunk inside rotary_dim is rotated in fp32 at its position and
+// rounded to the input dtype, as the reference does, then stored synchronously.
+template <int HD, int BF, int BM>
+__device__ __forceinline__ void attn_load_q(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
+                                            int hk, int g, int row0, int rows, uint16_t *sQ, int tid) {
+    constexpr int QS = HD + 8, CPR = HD / 8;
+    for (int idx = tid; idx < BM * CPR; idx += ATTN_THREADS) {
+        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
+        bool v = R < rows && c * 8 < p.d;
+        const uint16_t *src = (const uint16_t *)p.q;
+        if (v) {
+            attn_row(p, R, g, head, hk, &i, &hq);
+            src += (int64_t)bi * p.q_sb + (int64_t)(sl.q_offset + i) * p.q_sr + (int64_t)hq * p.q_sh + c * 8;
+        }
+        uint16_t *dst = sQ + r * QS + c * 8;
+        if (!p.rot_cos || !v || c * 8 >= p.rotary_dim) {
+            cuda_cp_async16(cuda_smem_addr(dst), src, v);
+            continue;
+        }
+        int half = p.rotary_dim / 2;
+        int64_t pos = (int64_t)sl.rotary_base + (p.rot_per_row ? i : 0);
+        const uint16_t *cs = (const uint16_t *)p.rot_cos + pos * half, *sn = (const uint16_t *)p.rot_sin + pos * half;
+        uint4 raw = *(const uint4 *)src;
+        const uint16_t *x = (const uint16_t *)&raw;
+        uint16_t y[8];
+        if (p.rot_interleaved) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int t = c * 4 + e;
+                float cf = cuda_to_f32<BF>(cs[t]), sf = cuda_to_f32<BF>(sn[t]);
+                float x0 = cuda_to_f32<BF>(x[2 * e]), x1 = cuda_to_f32<BF>(x[2 * e + 1]);
+                y[2 * e] = cuda_from_f32<BF>(__fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf)));
+                y[2 * e + 1] = cuda_from_f32<BF>(__fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf)));
+            }
+        } else {
+            bool first = c * 8 < half;
+            uint4 praw = *(const uint4 *)(src + (first ? half : -half));
+            const uint16_t *xp = (const uint16_t *)&praw;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                int t = (first ? c * 8 : c * 8 - half) + e;
+                float cf = cuda_to_f32<BF>(cs[t]), sf = cuda_to_f32<BF>(sn[t]);
+                float a = cuda_to_f32<BF>(x[e]), o = cuda_to_f32<BF>(xp[e]);
+                float rot = first ? __fsub_rn(__fmul_rn(a, cf), __fmul_rn(o, sf))
+                                  : __fadd_rn(__fmul_rn(o, sf), __fmul_rn(a, cf));
+                y[e] = cuda_from_f32<BF>(rot);
+            }
+        }
+        *(uint4 *)dst = *(const uint4 *)y;
+    }
+}
+
+// A split this sequence does not use: its partial rows hold out 0 and lse -inf.
+__device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
+                                                 int hk, int g, int row0, int rows, int bm, int split, int tid) {
+    int nrow = min(bm, rows - row0);
+    for (int idx = tid; idx < nrow * p.dv; idx += ATTN_THREADS) {
+        int r = idx / p.dv, c = idx % p.dv, i, hq;
+        attn_row(p, row0 + r, g, head, hk, &i, &hq);
+        int64_t tok = sl.q_offset + i;
+        p.oacc[split * p.oa_ss + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + c] = 0.0f;
+        if (c == 0) p.lacc[split * p.la_ss + bi * p.la_sb + hq * p.la_sh + tok * p.la_sr] = -INFINITY;
+    }
+}
+
+// Folds the sink logit (natural units) of q head hq into a finished row state: m (log2 units),
+// l and the unnormalised O; returns the factor O is to be multiplied by.
+__device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq, float *m, float *l) {
+    float sink = cuda_load_float(p.sinks, p.sinks_dtype, hq) * ATTN_LOG2E;
+    float mx = fmaxf(*m, sink), m_use = mx == -INFINITY ? 0.0f : mx;
+    float corr = cuda_exp2(*m - m_use);
+    *l = *l * corr + cuda_exp2(sink - m_use);
+    *m = mx;
+    return corr;
+}
+
+// One finished row (token tok, head hq): out and lse, or split `split`'s partial. o (2,) columns
+// col, col + 1 (unnormalised), m in log2 units. cols: 2 (a column pair) or 1.
+template <int BF>
+__device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi, int64_t tok, int hq, int split,
+                                               int col, int cols, const float *o, float m, float l, bool write_lse) {
+    float lse = l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    if (p.num_splits > 1) {
+        float *dst = p.oacc + split * p.oa_ss + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col;
+        dst[0] = o[0] * inv;
+        if (cols == 2) dst[1] = o[1] * inv;
+        if (write_lse) p.lacc[split * p.la_ss + bi * p.la_sb + hq * p.la_sh + tok * p.la_sr] = lse;
+    } else {
+        uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
+        if (cols == 2) *(uint32_t *)dst = cuda_pack2<BF>(o[0] * inv, o[1] * inv);
+        else *dst = cuda_from_f32<BF>(o[0] * inv);
+        if (write_lse && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = lse;
+    }
+}
+
+template <int HD, int DV, int BF, int MT, int WSPLIT>
+__global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_constant__ cuda_attn_params p) {
+    static_assert(!WSPLIT || MT == 1, "the decode shape has one m16 tile");
+    constexpr int BM = attn_block_m(MT, WSPLIT), BN = attn_block_n(HD, MT, WSPLIT), NST = attn_stages(HD, WSPLIT);
+    constexpr int KW = WSPLIT ? BN / ATTN_WARPS : BN; // keys of a tile each warp computes
+    constexpr int QS = HD + 8, VS = DV + 8;
+    constexpr int KSTEPS = HD / 16, NTW = KW / 8, PSW = KW / 16, OTILES = DV / 8, R2 = 2 * MT;
+    constexpr bool Q_REGS = HD <= 128 && MT == 1; // more Q fragments would crowd out the accumulators
+    static_assert(NTW % 2 == 0 && PSW >= 1 && OTILES % 2 == 0, "tile shape");
+    static_assert(!WSPLIT || (size_t)ATTN_WARPS * 16 * DV * 4 + 2 * 64 * 4 <= 2 * (size_t)NST * BN * (QS + VS),
+                  "the decode merge fits in the K/V stages");
+
+    extern __shared__ uint4 attn_smem[];
+    uint16_t *sQ = (uint16_t *)attn_smem;
+    uint16_t *sK = sQ + BM * QS;
+    uint16_t *sV = sK + NST * BN * QS;
+    int32_t  *sPage = (int32_t *)(sV + NST * BN * VS); // NST rows of page ids: tile u in row u % NST
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    // blockIdx.x = ((bi * grid_heads + head) * S + split) * num_m + (num_m - 1 - m_block): the
+    // last (longest under a causal mask) m-blocks of a head start first.
+    int64_t bid = blockIdx.x;
+    const int m_block = p.num_m_blocks - 1 - (int)(bid % p.num_m_blocks);
+    bid /= p.num_m_blocks;
+    const int split = (int)(bid % p.num_splits);
+    bid /= p.num_splits;
+    const int head = (int)(bid % p.grid_heads);
+    const int bi = (int)(bid / p.grid_heads);
+
+    const cuda_seqlens sl = cuda_seqlens_get(p.seq, bi);
+    const int g = p.pack_gqa ? p.g : 1;
+    const int seqlen_q = max(sl.seqlen_q, 0), seqlen_k = max(sl.seqlen_k, 0);
+    const int rows = seqlen_q * g, row0 = m_block * BM;
+    if (row0 >= rows) return;
+    const int hk = p.pack_gqa ? head : head / p.g;
+    const int n_b = p.splits_dyn ? p.splits_dyn[bi] : p.num_splits;
+    if (split >= n_b) {
+        attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
+        return;
+    }
+    int64_t slo = 0, shi = seqlen_k;
+    if (p.num_splits > 1) cuda_split_range(seqlen_k, p.split_block_n, n_b, split, &slo, &shi);
+
+    // This thread's rows (accumulator rows lane/4 and lane/4 + 8 of each of its m16 tiles):
+    // visible keys within the split. flo/fhi: keys visible to every valid row of the warp.
+    const int wrow0 = WSPLIT ? 0 : warp * 16 * MT, kw0 = WSPLIT ? warp * KW : 0;
+    int rlo[R2], rhi[R2], rtok[R2], rhq[R2];
+    bool rvalid[R2];
+    int flo = INT_MIN, fhi = INT_MAX;
+#pragma unroll
+    for (int e = 0; e < R2; e++) {
+        int R = row0 + wrow0 + (e >> 1) * 16 + (lane >> 2) + 8 * (e & 1);
+        rvalid[e] = R < rows;
+        attn_row(p, R, g, head, hk, &rtok[e], &rhq[e]);
+        int64_t lo, hi;
+        cuda_mask_range(p.mask, rtok[e], seqlen_q, seqlen_k, &lo, &hi);
+        lo = max(lo, slo);
+        hi = min(hi, shi);
+        rlo[e] = rvalid[e] ? (int)lo : 0;
+        rhi[e] = rvalid[e] ? (int)hi : 0;
+        if (rvalid[e]) {
+            flo = max(flo, rlo[e]);
+            fhi = min(fhi, rhi[e]);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        flo = max(flo, __shfl_xor_sync(0xffffffffu, flo, o));
+        fhi = min(fhi, __shfl_xor_sync(0xffffffffu, fhi, o));
+    }
+    // The CTA's keys: from the first row's lo to the last row's hi (both non-decreasing in the row).
+    int kmin, kmax;
+    {
+        int i_first = row0 / g, i_last = (min(row0 + BM, rows) - 1) / g;
+        int64_t lo_f, hi_f, lo_l, hi_l;
+        cuda_mask_range(p.mask, i_first, seqlen_q, seqlen_k, &lo_f, &hi_f);
+        cuda_mask_range(p.mask, i_last, seqlen_q, seqlen_k, &lo_l, &hi_l);
+        kmin = (int)max(lo_f, slo);
+        kmax = (int)min(hi_l, shi);
+    }
+    const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
+    const bool warp_active = row0 + wrow0 < rows;
+
+    // Prologue: Q and the page ids of tiles 0 .. NST - 1; then K/V of tiles 0 .. NST - 2 and the page
+    // ids of tiles NST .. 2 NST - 3 (into the rows just read, hence the barrier); all waited for.
+    attn_load_q<HD, BF, BM>(p, sl, bi, head, hk, g, row0, rows, sQ, tid);
+    if (p.page_table)
+        for (int u = 0; u < NST && u < n_tiles; u++) attn_issue_pages<BN>(p, sl, kmin + u * BN, kmax, sPage + u * BN, tid);
+    cuda_cp_async_commit();
+    cuda_cp_async_wait_all();
+    __syncthreads();
+    for (int u = 0; u < NST - 1 && u < n_tiles; u++)
+        attn_issue_kv<HD, DV, BN>(p, sl, hk, kmin + u * BN, kmax, sPage + u * BN, sK + u * BN * QS, sV + u * BN * VS, tid);
+    if (p.page_table && n_tiles > NST) {
+        __syncthreads();
+        for (int u = NST; u < 2 * NST - 2 && u < n_tiles; u++)
+            attn_issue_pages<BN>(p, sl, kmin + u * BN, kmax, sPage + (u % NST) * BN, tid);
+    }
+    cuda_cp_async_commit();
+    cuda_cp_async_wait_all();
+    __syncthreads();
+
+    uint32_t qf[Q_REGS ? KSTEPS : 1][4];
+    if constexpr (Q_REGS) {
+        if (warp_active) {
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++)
+                cuda_ldmatrix_x4(qf[kk], cuda_smem_addr(sQ + (wrow0 + (lane & 15)) * QS + kk * 16 + (lane >> 4) * 8));
+        }
+    }
+
+    float oacc[MT][OTILES][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int ot = 0; ot < OTILES; ot++) oacc[mt][ot][0] = oacc[mt][ot][1] = oacc[mt][ot][2] = oacc[mt][ot][3] = 0.0f;
+    float m[R2], l[R2];
+#pragma unroll
+    for (int e = 0; e < R2; e++) m[e] = -INFINITY, l[e] = 0.0f;
+
+    // Iteration t computes tile t. Its K/V and the page ids of tile t + NST - 1 came in the group
+    // committed NST - 1 iterations earlier; this iteration issues K/V of tile t + NST - 1 and the
+    // page ids of tile t + 2 NST - 2 into stages / rows whose previous tiles are consumed.
+    for (int t = 0; t < n_tiles; t++) {
+        cuda_cp_async_wait<NST - 2>();
+        __syncthreads();
+        const int u = t + NST - 1, w = t + 2 * NST - 2;
+        if (u < n_tiles)
+            attn_issue_kv<HD, DV, BN>(p, sl, hk, kmin + u * BN, kmax, sPage + (u % NST) * BN, sK + (u % NST) * BN * QS,
+                                      sV + (u % NST) * BN * VS, tid);
+        if (p.page_table && w < n_tiles) attn_issue_pages<BN>(p, sl, kmin + w * BN, kmax, sPage + (w % NST) * BN, tid);
+        cuda_cp_async_commit();
+        if (!warp_active) continue;
+
+        const int k0 = kmin + t * BN + kw0; // this warp's first key
+        const uint16_t *sKt = sK + (t % NST) * BN * QS + kw0 * QS, *sVt = sV + (t % NST) * BN * VS + kw0 * VS;
+
+        float s[MT][NTW][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NTW; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                if constexpr (Q_REGS) {
+                    a[mt][0] = qf[kk][0], a[mt][1] = qf[kk][1], a[mt][2] = qf[kk][2], a[mt][3] = qf[kk][3];
+                } else {
+                    cuda_ldmatrix_x4(a[mt], cuda_smem_addr(sQ + (wrow0 + mt * 16 + (lane & 15)) * QS + kk * 16 +
+                                                           (lane >> 4) * 8));
+                }
+            }
+#pragma unroll
+            for (int n2 = 0; n2 < NTW / 2; n2++) {
+                uint32_t b[4];
+                cuda_ldmatrix_x4(b, cuda_smem_addr(sKt + (n2 * 16 + (lane & 7) + (lane >> 4) * 8) * QS + kk * 16 +
+                                                   ((lane >> 3) & 1) * 8));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    cuda_mma16816<BF>(s[mt][2 * n2], a[mt], b[0], b[1]);
+                    cuda_mma16816<BF>(s[mt][2 * n2 + 1], a[mt], b[2], b[3]);
+                }
+            }
+        }
+
+        // Scores: raw values r with p = exp2(r * fac - m), m = max(r) * fac in log2 units (the scale
+        // folded into one FFMA; softcap, or a scale <= 0, scale first), masked outside each row's keys.
+        float fac = p.scale_log2;
+        if (p.softcap > 0.0f || p.scale_log2 <= 0.0f) {
+            const bool cap = p.softcap > 0.0f;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NTW; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        s[mt][nt][e] = cap ? p.softcap * tanhf(s[mt][nt][e] * p.softcap_scale) * ATTN_LOG2E
+                                           : s[mt][nt][e] * p.scale_log2;
+            fac = 1.0f;
+        }
+        const bool mask_free = k0 >= flo && k0 + KW <= fhi;
+        if (!mask_free) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NTW; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int col = k0 + nt * 8 + 2 * (lane & 3) + (e & 1), ri = 2 * mt + (e >> 1);
+                        if (col < rlo[ri] || col >= rhi[ri]) s[mt][nt][e] = -INFINITY;
+                    }
+        }
+#pragma unroll
+        for (int ri = 0; ri < R2; ri++) {
+            const int mt = ri >> 1, h2 = 2 * (ri & 1);
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < NTW; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][h2], s[mt][nt][h2 + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float m_new = fmaxf(m[ri], mx * fac);
+            float m_use = m_new == -INFINITY ? 0.0f : m_new; // no key yet: keep exp2 away from inf - inf
+            float corr = cuda_exp2(m[ri] - m_use);
+            m[ri] = m_new;
+            l[ri] *= corr;
+            if (__any_sync(0xffffffffu, corr != 1.0f)) { // the running max moved for some row of the warp
+#pragma unroll
+                for (int ot = 0; ot < OTILES; ot++) {
+                    oacc[mt][ot][h2] *= corr;
+                    oacc[mt][ot][h2 + 1] *= corr;
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < NTW; nt++) {
+                float p0 = cuda_exp2(fmaf(s[mt][nt][h2], fac, -m_use)), p1 = cuda_exp2(fmaf(s[mt][nt][h2 + 1], fac, -m_use));
+                l[ri] += p0 + p1;
+                s[mt][nt][h2] = p0;
+                s[mt][nt][h2 + 1] = p1;
+            }
+        }
+
+        // O += P V, P rounded to the input dtype.
+#pragma unroll
+        for (int ks = 0; ks < PSW; ks++) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                a[mt][0] = cuda_pack2<BF>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+                a[mt][1] = cuda_pack2<BF>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+                a[mt][2] = cuda_pack2<BF>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+                a[mt][3] = cuda_pack2<BF>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+            }
+#pragma unroll
+            for (int o2 = 0; o2 < OTILES / 2; o2++) {
+                uint32_t b[4];
+                cuda_ldmatrix_x4_trans(b, cuda_smem_addr(sVt + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * VS +
+                                                         o2 * 16 + (lane >> 4) * 8));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    cuda_mma16816<BF>(oacc[mt][2 * o2], a[mt], b[0], b[1]);
+                    cuda_mma16816<BF>(oacc[mt][2 * o2 + 1], a[mt], b[2], b[3]);
+                }
+            }
+        }
+    }
+    cuda_cp_async_wait_all();
+
+#pragma unroll
+    for (int ri = 0; ri < R2; ri++) {
+        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 1);
+        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
+    }
+    const bool sink = p.sinks && split == 0;
+    if constexpr (!WSPLIT) {
+        if (!warp_active) return;
+#pragma unroll
+        for (int ri = 0; ri < R2; ri++) {
+            const int mt = ri >> 1, h2 = 2 * (ri & 1);
+            if (!rvalid[ri]) continue;
+            if (sink) {
+                float corr = attn_add_sink(p, rhq[ri], &m[ri], &l[ri]);
+#pragma unroll
+                for (int ot = 0; ot < OTILES; ot++) {
+                    oacc[mt][ot][h2] *= corr;
+                    oacc[mt][ot][h2 + 1] *= corr;
+                }
+            }
+            int64_t tok = sl.q_offset + rtok[ri];
+#pragma unroll
+            for (int ot = 0; ot < OTILES; ot++) {
+                int col = ot * 8 + 2 * (lane & 3);
+                if (col < p.dv)
+                    attn_store_row<BF>(p, bi, tok, rhq[ri], split, col, 2, &oacc[mt][ot][h2], m[ri], l[ri],
+                                       ot == 0 && (lane & 3) == 0);
+            }
+        }
+    } else {
+        // Merge the 4 warps' states of the 16 rows (each saw a quarter of every key tile) in the
+        // K/V stages, then each thread finishes some (row, column) elements.
+        __syncthreads(); // every warp is done reading the last tile
+        float *sO = (float *)sK, *sM = sO + ATTN_WARPS * 16 * DV, *sL = sM + ATTN_WARPS * 16;
+#pragma unroll
+        for (int ri = 0; ri < 2; ri++) {
+            int row = (lane >> 2) + 8 * ri;
+            if ((lane & 3) == 0) {
+                sM[warp * 16 + row] = m[ri];
+                sL[warp * 16 + row] = l[ri];
+            }
+#pragma unroll
+            for (int ot = 0; ot < OTILES; ot++) {
+                int col = ot * 8 + 2 * (lane & 3);
+                sO[(warp * 16 + row) * DV + col] = oacc[0][ot][2 * ri];
+                sO[(warp * 16 + row) * DV + col + 1] = oacc[0][ot][2 * ri + 1];
+            }
+        }
+        __syncthreads();
+        for (int idx = tid; idx < 16 * DV; idx += ATTN_THREADS) {
+            int row = idx / DV, col = idx % DV, R = row0 + row, i, hq;
+            if (R >= rows || col >= p.dv) continue;
+            float M = -INFINITY;
+#pragma unroll
+            for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, sM[w * 16 + row]);
+            float m_use = M == -INFINITY ? 0.0f : M, L = 0.0f, o = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ATTN_WARPS; w++) {
+                float c = cuda_exp2(sM[w * 16 + row] - m_use);
+                L += sL[w * 16 + row] * c;
+                o += sO[(w * 16 + row) * DV + col] * c;
+            }
+            attn_row(p, R, g, head, hk, &i, &hq);
+            if (sink) o *= attn_add_sink(p, hq, &M, &L);
+            attn_store_row<BF>(p, bi, sl.q_offset + i, hq, split, col, 1, &o, M, L, col == 0);
+        }
+    }
+}
+
+template <int HD, int DV, int BF, int MT, int WSPLIT>
+static cudaError_t attn_launch(const cuda_attn_params *p, cudaStream_t stream) {
+    int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
+    if (blocks == 0) return cudaSuccess;
+    attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>
+        <<<(unsigned)blocks, ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT), stream>>>(*p);
+    return cudaGetLastError();
+}
+
+template <int HD, int DV, int BF, int MT, int WSPLIT>
+static cudaError_t attn_prepare(void) {
+    return cudaFuncSetAttribute((const void *)attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem_bytes(HD, DV, MT, WSPLIT));
+}
+
+#define ATTN_KERNEL_ENTRY(HD, DV, BF, MT, WSPLIT, NAME)                                                               \
+    {                                                                                                                \
+        HD, DV, BF, WSPLIT, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT), attn_block_m(MT, WSPLIT),                    \
+            attn_launch<HD, DV, BF, MT, WSPLIT>, attn_prepare<HD, DV, BF, MT, WSPLIT>                                \
+    }
+
+// The kernels of one (head-dim bucket, dv bucket): many rows (MT m16 tiles a warp) and decode, bf16 and f16.
+#define ATTN_KERNEL_SET(HD, DV, MT, NAME)                                                                             \
+    ATTN_KERNEL_ENTRY(HD, DV, 1, MT, 0, "mma_sm80_" NAME "_bf16"),                                                   \
+        ATTN_KERNEL_ENTRY(HD, DV, 0, MT, 0, "mma_sm80_" NAME "_f16"),                                                \
+        ATTN_KERNEL_ENTRY(HD, DV, 1, 1, 1, "mma_sm80_" NAME "_decode_bf16"),                                         \
+        ATTN_KERNEL_ENTRY(HD, DV, 0, 1, 1, "mma_sm80_" NAME "_decode_f16")
+
+#endif // FA3C_CUDA_ATTN_CUH

@@ -1,0 +1,328 @@
+// The cuda backend's private interfaces: per-context state, kernel parameter blocks, the launchers
+// each .cu file exports, and the device helpers every kernel shares (FA3's per-sequence lengths,
+// mask and split ranges; PTX wrappers for cp.async, ldmatrix and mma.sync).
+//
+// Shape legend as in include/fa3c.h (b, s_q, s_k, s_new, h, h_k, d, dv, S).
+// CUDA C: C-style structs and functions; templates only over compile-time integers.
+#ifndef FA3C_CUDA_INTERNAL_CUH
+#define FA3C_CUDA_INTERNAL_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "core/internal.h"
+
+// ---------------------------------------------------------------------------------------------
+// Context state and errors (cuda_backend.cu)
+
+typedef struct cuda_state {
+    int    device, num_sm, cc_major, cc_minor;
+    size_t smem_optin; // largest dynamic shared memory a block may opt into
+    void  *ws;         // workspace: dynamic split counts and split partials when out_accum is absent
+    size_t ws_bytes;
+} cuda_state;
+
+// FA3C_ERROR_OUT_OF_MEMORY for allocation failures, else FA3C_ERROR_DEVICE, naming `what`.
+fa3c_status cuda_fail(cudaError_t err, const char *what);
+
+// ---------------------------------------------------------------------------------------------
+// Per-sequence lengths (FA3 SeqlenInfoQKNewK, as fa3c_seqlens_get) read on the device.
+// Index tensors are contiguous int32 (validated); NULL when absent.
+
+typedef struct cuda_seq_params {
+    const int32_t *cu_q, *cu_k, *cu_new;                 // (b + 1,)
+    const int32_t *seqused_q, *seqused_k, *leftpad, *kv_batch_idx, *seqlens_rotary; // (b,)
+    int32_t s_q, s_k, s_new;                             // static lengths
+    int32_t varlen_q, varlen_k, is_varlen, append, varlen_new;
+} cuda_seq_params;
+
+typedef struct cuda_seqlens {
+    int32_t q_offset, seqlen_q;       // q/out rows q_offset .. (token index when varlen, else row)
+    int32_t k_batch, k_offset;        // cache batch row; first attended cache row (leftpad included)
+    int32_t seqlen_k_og, seqlen_new;  // cached keys before the append; appended keys
+    int32_t new_offset, seqlen_k;     // first k_new row (varlen); keys attended
+    int32_t rotary_base;              // rotary position of the first appended key
+} cuda_seqlens;
+
+__device__ __forceinline__ cuda_seqlens cuda_seqlens_get(const cuda_seq_params &p, int bi) {
+    cuda_seqlens sl;
+    int leftpad = p.leftpad ? p.leftpad[bi] : 0;
+    sl.q_offset = p.varlen_q ? p.cu_q[bi] : 0;
+    if (!p.is_varlen) sl.seqlen_q = p.s_q;
+    else if (p.seqused_q) sl.seqlen_q = p.seqused_q[bi];
+    else if (p.varlen_q) sl.seqlen_q = p.cu_q[bi + 1] - sl.q_offset;
+    else sl.seqlen_q = p.s_q;
+    sl.k_batch = p.kv_batch_idx ? p.kv_batch_idx[bi] : bi;
+    int k_start = p.varlen_k ? p.cu_k[bi] : 0;
+    sl.k_offset = k_start + leftpad;
+    int k_end;
+    if (!p.is_varlen) k_end = p.s_k;
+    else if (p.seqused_k) k_end = p.seqused_k[bi];
+    else if (p.varlen_k) k_end = p.cu_k[bi + 1] - k_start;
+    else k_end = p.s_k;
+    sl.seqlen_k_og = k_end - leftpad;
+    sl.new_offset = 0;
+    sl.seqlen_new = 0;
+    if (p.append) {
+        if (p.varlen_new) {
+            sl.new_offset = p.cu_new[bi];
+            sl.seqlen_new = p.cu_new[bi + 1] - sl.new_offset;
+        } else {
+            sl.seqlen_new = p.s_new;
+        }
+    }
+    sl.seqlen_k = sl.seqlen_k_og + sl.seqlen_new;
+    sl.rotary_base = (p.append && p.seqlens_rotary) ? p.seqlens_rotary[bi] : sl.seqlen_k_og + leftpad;
+    return sl;
+}
+
+// The causal/local/chunk mask, FA3-normalised (fa3c_problem): windows < 0 unbounded.
+typedef struct cuda_mask {
+    int32_t causal, local;
+    int64_t wl, wr, chunk;
+} cuda_mask;
+
+__device__ __forceinline__ int64_t cuda_floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+// Keys [lo, hi) visible to query row i (fa3c_mask_range). lo and hi are non-decreasing in i,
+// which the attention kernel relies on to bound a tile's key range by its first and last row.
+__device__ __forceinline__ void cuda_mask_range(const cuda_mask &m, int64_t i, int64_t seqlen_q, int64_t seqlen_k,
+                                                int64_t *lo, int64_t *hi) {
+    int64_t pos = i + seqlen_k - seqlen_q;
+    int64_t l = 0, h = seqlen_k;
+    if (m.causal && pos + 1 < h) h = pos + 1;
+    if (m.local) {
+        if (m.wr >= 0 && pos + m.wr + 1 < h) h = pos + m.wr + 1;
+        if (m.wl >= 0 && pos - m.wl > l) l = pos - m.wl;
+    }
+    if (m.chunk > 0) {
+        int64_t start = cuda_floor_div(pos, m.chunk) * m.chunk;
+        if (start > l) l = start;
+        if (start + m.chunk < h) h = start + m.chunk;
+    }
+    if (l < 0) l = 0;
+    if (h > seqlen_k) h = seqlen_k;
+    *lo = l;
+    *hi = h;
+}
+
+// Keys of split s of n (fa3c_split_range): ceil(seqlen_k / block_n) blocks in n equal runs.
+__device__ __forceinline__ void cuda_split_range(int64_t seqlen_k, int block_n, int n, int s, int64_t *lo,
+                                                 int64_t *hi) {
+    int64_t blocks = (seqlen_k + block_n - 1) / block_n;
+    int64_t per = (blocks + n - 1) / n;
+    int64_t l = (int64_t)s * per * block_n, h = l + per * block_n;
+    *lo = l < seqlen_k ? l : seqlen_k;
+    *hi = h < seqlen_k ? h : seqlen_k;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalars
+
+__device__ __forceinline__ float cuda_bf16_bits_to_f32(uint16_t x) { return __uint_as_float((uint32_t)x << 16); }
+__device__ __forceinline__ float cuda_f16_bits_to_f32(uint16_t x) {
+    return __half2float(__ushort_as_half(x));
+}
+__device__ __forceinline__ uint16_t cuda_f32_to_bf16_bits(float x) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+__device__ __forceinline__ uint16_t cuda_f32_to_f16_bits(float x) { return __half_as_ushort(__float2half_rn(x)); }
+
+// Element i of a float buffer of runtime dtype (F32, F16 or BF16).
+__device__ __forceinline__ float cuda_load_float(const void *p, int dtype, int64_t i) {
+    if (dtype == FA3C_DTYPE_F32) return ((const float *)p)[i];
+    uint16_t x = ((const uint16_t *)p)[i];
+    return dtype == FA3C_DTYPE_BF16 ? cuda_bf16_bits_to_f32(x) : cuda_f16_bits_to_f32(x);
+}
+__device__ __forceinline__ void cuda_store_float(void *p, int dtype, int64_t i, float x) {
+    if (dtype == FA3C_DTYPE_F32) ((float *)p)[i] = x;
+    else if (dtype == FA3C_DTYPE_BF16) ((uint16_t *)p)[i] = cuda_f32_to_bf16_bits(x);
+    else ((uint16_t *)p)[i] = cuda_f32_to_f16_bits(x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// PTX wrappers (sm_80+)
+
+__device__ __forceinline__ uint32_t cuda_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared, zero-filled (and src not read) when !valid.
+__device__ __forceinline__ void cuda_cp_async16(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cuda_cp_async4(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cuda_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cuda_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+// Waits until at most N of this thread's most recent cp.async groups are still in flight.
+template <int N> __device__ __forceinline__ void cuda_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void cuda_ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void cuda_ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// c (16x8 f32) += a (16x16, row) * b (16x8, col); BF selects bf16 (1) or f16 (0) operands.
+template <int BF>
+__device__ __forceinline__ void cuda_mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if constexpr (BF) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+// Two floats rounded to the 16-bit dtype, lo in the low half.
+template <int BF> __device__ __forceinline__ uint32_t cuda_pack2(float lo, float hi) {
+    if constexpr (BF) return (uint32_t)cuda_f32_to_bf16_bits(lo) | ((uint32_t)cuda_f32_to_bf16_bits(hi) << 16);
+    else return (uint32_t)cuda_f32_to_f16_bits(lo) | ((uint32_t)cuda_f32_to_f16_bits(hi) << 16);
+}
+template <int BF> __device__ __forceinline__ float cuda_to_f32(uint16_t x) {
+    if constexpr (BF) return cuda_bf16_bits_to_f32(x);
+    else return cuda_f16_bits_to_f32(x);
+}
+template <int BF> __device__ __forceinline__ uint16_t cuda_from_f32(float x) {
+    if constexpr (BF) return cuda_f32_to_bf16_bits(x);
+    else return cuda_f32_to_f16_bits(x);
+}
+
+__device__ __forceinline__ float cuda_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention (cuda_attn.cuh, instantiated per head-dim bucket in cuda_attn_d*.cu)
+
+// Strides are in elements. Batch strides are 0 where the row index already is a packed token
+// (varlen q, varlen k); for a paged cache the "batch" stride is the page stride.
+typedef struct cuda_attn_params {
+    cuda_seq_params seq;
+    cuda_mask       mask;
+    const void *q, *k, *v;
+    void       *out;
+    float      *lse;                       // NULL: not requested
+    float      *oacc, *lacc;               // split partials (num_splits > 1)
+    int64_t q_sb, q_sr, q_sh;
+    int64_t k_sb, k_sr, k_sh, v_sb, v_sr, v_sh;
+    int64_t o_sb, o_sr, o_sh;
+    int64_t l_sb, l_sh, l_sr;
+    int64_t oa_ss, oa_sb, oa_sh, oa_sr;
+    int64_t la_ss, la_sb, la_sh, la_sr;
+    const int32_t *page_table;             // NULL: not paged
+    int64_t pt_sb;
+    int32_t page_size, page_shift;         // page_shift = log2(page_size) when a power of two, else -1
+    int32_t b, h, h_k, g, d, dv;           // g = h / h_k
+    int32_t pack_gqa, grid_heads, num_m_blocks;
+    float   scale_log2;                    // softmax scale * log2(e)
+    float   softcap, softcap_scale;        // softcap (0: off) and scale / softcap
+    const void *sinks;                     // (h,) or NULL
+    int32_t sinks_dtype;
+    const void *rot_cos, *rot_sin;         // (s_ro, rotary_dim / 2), dtype of q; NULL: no q rotary
+    int32_t rotary_dim, rot_interleaved, rot_per_row;
+    int32_t num_splits, split_block_n;     // static S; key block of the split partition (p->block_n)
+    const int32_t *splits_dyn;             // (b,) per-sequence split counts, or NULL (all S)
+} cuda_attn_params;
+
+typedef struct cuda_attn_kernel {
+    int         hd, dv, bf16;
+    int         decode;     // 1: the few-rows variant (16 rows, the 4 warps split each key tile)
+    const char *name;
+    size_t      smem;       // dynamic shared memory per block
+    int         block_m;
+    cudaError_t (*launch)(const cuda_attn_params *p, cudaStream_t stream);
+    cudaError_t (*prepare)(void); // raises the kernel's dynamic shared memory limit (per device)
+} cuda_attn_kernel;
+
+#define CUDA_ATTN_KERNELS_PER_BUCKET 4 // {many rows, decode} x {bf16, f16}
+extern const cuda_attn_kernel fa3c_cuda_attn_d64[CUDA_ATTN_KERNELS_PER_BUCKET];
+extern const cuda_attn_kernel fa3c_cuda_attn_d96[CUDA_ATTN_KERNELS_PER_BUCKET];
+extern const cuda_attn_kernel fa3c_cuda_attn_d128[CUDA_ATTN_KERNELS_PER_BUCKET];
+extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCKET]; // dv 192, then dv 128
+extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
+
+// ---------------------------------------------------------------------------------------------
+// Combine, merge_state, fill (cuda_combine.cu)
+
+// One row = (batch bi, row i, head hq). In fwd mode rows past seqlen_q are skipped, the row index
+// is the token (q_offset + i) and only the first splits_dyn[bi] splits are read.
+typedef struct cuda_combine_params {
+    const float *op, *lp;   // partial out (S, ..., dv) and lse (S, ...)
+    void        *out;       // (..., dv) out_dtype
+    float       *lse;       // NULL: not requested
+    int32_t      out_dtype;
+    int64_t op_ss, op_sb, op_sr, op_sh, lp_ss, lp_sb, lp_sr, lp_sh;
+    int64_t o_sb, o_sr, o_sh, l_sb, l_sr, l_sh;
+    int32_t S, b, s, h, dv;
+    int32_t fwd;
+    cuda_seq_params seq;
+    const int32_t  *splits_dyn;
+} cuda_combine_params;
+
+cudaError_t cuda_combine_launch(const cuda_combine_params *p, cudaStream_t stream);
+
+typedef struct cuda_merge_params {
+    const void  *oa, *ob;
+    const float *la, *lb;
+    void        *out;
+    float       *lse;       // NULL: not requested
+    int32_t      oa_dtype, ob_dtype, out_dtype;
+    int64_t oa_sn, oa_sh, ob_sn, ob_sh, o_sn, o_sh, la_sn, la_sh, lb_sn, lb_sh, l_sn, l_sh;
+    int32_t n, h, dv;
+} cuda_merge_params;
+
+cudaError_t cuda_merge_launch(const cuda_merge_params *p, cudaStream_t stream);
+
+// Every element of a float tensor (any strides, up to FA3C_MAX_DIMS dims) := value.
+cudaError_t cuda_fill_launch(const fa3c_tensor *t, float value, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Append and prepare (cuda_append.cu, cuda_prepare.cu)
+
+typedef struct cuda_append_params {
+    cuda_seq_params seq;
+    const void *k_new, *v_new;
+    void       *k, *v;
+    int64_t kn_sb, kn_sr, kn_sh, vn_sb, vn_sr, vn_sh; // batch stride 0 when varlen (cu_seqlens_k_new)
+    int64_t k_sb, k_sr, k_sh, v_sb, v_sr, v_sh;
+    const int32_t *page_table;                       // NULL: not paged
+    int64_t pt_sb;
+    int32_t page_size, b, h_k, d, dv, bf16;
+    int32_t max_new;                                 // upper bound of any sequence's appended rows
+    const void *rot_cos, *rot_sin;                   // NULL: no rotary
+    int32_t rotary_dim, rot_interleaved;
+} cuda_append_params;
+
+cudaError_t cuda_append_launch(const cuda_append_params *p, cudaStream_t stream);
+
+// FA3's dynamic split counts (fa3c_sched_compute's num_splits_dynamic) into splits (b,).
+typedef struct cuda_prepare_params {
+    cuda_seq_params seq;
+    int32_t b, rows_per_q;   // rows_per_q: h / h_k when pack_gqa, else 1
+    int32_t block_m, block_n, num_splits, num_sm, heads;
+    int32_t *splits;
+} cuda_prepare_params;
+
+cudaError_t cuda_prepare_launch(const cuda_prepare_params *p, cudaStream_t stream);
+
+#endif // FA3C_CUDA_INTERNAL_CUH

@@ -1,0 +1,245 @@
+/*
+ * The cuda backend on a representative set of forward cases: each feature of the backend, awkward
+ * sizes (1, 3, 113, 239, 1023), page sizes 1, 3, 16, 64, GQA 1/2/8 and MQA, num_splits 1/3/0,
+ * pack_gqa 0/1. Every case runs on cpu-ref (host buffers) and on cuda (device copies made by the
+ * test utilities with fa3c_device_alloc / fa3c_device_copy) and is checked with FA3's pass rule against the naive
+ * double-precision reference, plus canaries around every buffer, rows that must stay untouched,
+ * unchanged inputs, the appended cache and, with out_accum, the partials (testutil.h).
+ * A case the cuda backend is meant to run counts as failed when it reports UNSUPPORTED; the few
+ * cases outside its coverage (fp8, qv, d <= 64 with dv != d) must be refused with UNSUPPORTED.
+ * Without a CUDA device: "test_cuda: 0 passed, 0 failed, N skipped" and exit 0.
+ * FA3C_TEST_CUDA_EVERY=n runs every n-th case only (for slow runs under compute-sanitizer).
+ */
+#include "testutil.h"
+
+#include "core/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_CASES 128
+
+typedef struct cuda_case {
+    tu_case c;
+    bool    unsupported; /* the cuda backend must refuse it (UNSUPPORTED) */
+} cuda_case;
+
+typedef struct case_list {
+    cuda_case k[MAX_CASES];
+    int       n;
+} case_list;
+
+static const fa3c_dtype BF = FA3C_DTYPE_BF16, F16 = FA3C_DTYPE_F16;
+
+static tu_case *add(case_list *l, tu_mode mode, fa3c_dtype dt, int64_t b, int64_t s_q, int64_t s_k, int64_t h,
+                    int64_t h_k, int64_t d) {
+    if (l->n == MAX_CASES) {
+        fprintf(stderr, "test_cuda: too many cases\n");
+        exit(2);
+    }
+    cuda_case *k = &l->k[l->n++];
+    memset(k, 0, sizeof *k);
+    tu_case *c = &k->c;
+    tu_case_init(c);
+    c->mode = mode;
+    c->dtype = dt;
+    c->b = b, c->s_q = s_q, c->s_k = s_k, c->h = h, c->h_k = h_k, c->d = c->dv = d;
+    c->seed = 1000u + (uint64_t)l->n;
+    return c;
+}
+
+static void build(case_list *l) {
+    tu_case *c;
+    /* batched: head-dim buckets (and d rounded up to them), dtypes, masks */
+    add(l, TU_BATCHED, BF, 2, 113, 239, 4, 4, 128);
+    c = add(l, TU_BATCHED, BF, 2, 239, 113, 4, 4, 128), c->causal = true;
+    c = add(l, TU_BATCHED, F16, 1, 1023, 1023, 2, 2, 64), c->causal = true;
+    add(l, TU_BATCHED, F16, 2, 113, 203, 2, 2, 96);
+    add(l, TU_BATCHED, BF, 2, 128, 217, 2, 1, 192);
+    c = add(l, TU_BATCHED, BF, 2, 108, 256, 2, 2, 192), c->dv = 128, c->causal = true;
+    c = add(l, TU_BATCHED, F16, 1, 113, 211, 2, 2, 256), c->causal = true;
+    add(l, TU_BATCHED, BF, 2, 64, 128, 2, 2, 40);  /* d 40 runs the 64 bucket */
+    add(l, TU_BATCHED, BF, 1, 77, 150, 2, 2, 136); /* d 136 runs the 192 bucket */
+    add(l, TU_BATCHED, F16, 1, 33, 70, 2, 2, 200); /* d 200 runs the 256 bucket */
+    c = add(l, TU_BATCHED, BF, 3, 1, 1, 2, 2, 128);
+    c = add(l, TU_BATCHED, BF, 2, 239, 1, 2, 2, 64), c->causal = true; /* rows with no key */
+    c = add(l, TU_BATCHED, BF, 2, 3, 799, 4, 2, 128), c->causal = true;
+    c = add(l, TU_BATCHED, BF, 2, 113, 239, 4, 4, 128), c->wl = 20, c->wr = 5;
+    c = add(l, TU_BATCHED, BF, 2, 113, 239, 4, 4, 64), c->causal = true, c->wl = 50;
+    c = add(l, TU_BATCHED, BF, 2, 239, 239, 4, 4, 128), c->chunk = 37, c->causal = true;
+    c = add(l, TU_BATCHED, F16, 2, 113, 239, 4, 4, 128), c->chunk = 64;
+    c = add(l, TU_BATCHED, BF, 2, 113, 239, 4, 4, 128), c->softcap = 15.0;
+    c = add(l, TU_BATCHED, BF, 2, 113, 239, 4, 2, 128), c->sinks = BF, c->causal = true;
+    c = add(l, TU_BATCHED, F16, 2, 239, 113, 4, 4, 64), c->sinks = FA3C_DTYPE_F32, c->causal = true; /* sink-only rows */
+    c = add(l, TU_BATCHED, BF, 2, 113, 239, 4, 4, 128), c->scale = 0.3;
+    c = add(l, TU_BATCHED, BF, 2, 113, 239, 4, 2, 128), c->pad = true, c->causal = true;
+    /* GQA: ratios 2, 8 and MQA, packed and not */
+    for (int pg = 0; pg <= 1; pg++) {
+        c = add(l, TU_BATCHED, BF, 2, 113, 239, 8, 4, 128), c->pack_gqa = pg, c->causal = true;
+        c = add(l, TU_BATCHED, BF, 2, 65, 239, 16, 2, 64), c->pack_gqa = pg;
+        c = add(l, TU_BATCHED, F16, 2, 3, 239, 8, 1, 128), c->pack_gqa = pg, c->causal = true;
+    }
+    /* splits: forced 3, heuristic 0, with and without out_accum */
+    c = add(l, TU_BATCHED, BF, 2, 1, 1023, 8, 2, 128), c->num_splits = 3, c->out_accum = true;
+    c = add(l, TU_BATCHED, BF, 2, 113, 1023, 4, 4, 64), c->num_splits = 3, c->causal = true;
+    c = add(l, TU_BATCHED, BF, 1, 1, 1023, 8, 1, 128), c->num_splits = 0, c->out_accum = true;
+    c = add(l, TU_BATCHED, F16, 2, 3, 799, 4, 2, 256), c->num_splits = 3, c->sinks = BF;
+    c = add(l, TU_BATCHED, BF, 2, 5, 799, 4, 2, 128), c->num_splits = 3, c->wl = 100, c->wr = 0;
+
+    /* varlen: zero-length sequences, seqused below capacity, splits, packing */
+    c = add(l, TU_VARLEN, BF, 5, 113, 239, 4, 2, 128), c->zero_len = true, c->causal = true;
+    c = add(l, TU_VARLEN, F16, 5, 239, 113, 4, 4, 64), c->unused = true;
+    c = add(l, TU_VARLEN, BF, 5, 113, 239, 8, 2, 128), c->unused = true, c->zero_len = true, c->num_splits = 3,
+    c->out_accum = true;
+    c = add(l, TU_VARLEN, BF, 6, 3, 1023, 8, 1, 128), c->num_splits = 0, c->causal = true;
+    c = add(l, TU_VARLEN, BF, 5, 113, 239, 8, 2, 96), c->pack_gqa = 0, c->chunk = 50, c->causal = true;
+    c = add(l, TU_VARLEN, BF, 5, 113, 239, 4, 4, 192), c->dv = 128, c->softcap = 10, c->sinks = BF;
+    c = add(l, TU_VARLEN, BF, 4, 113, 239, 4, 2, 128), c->pad = true, c->num_splits = 3, c->wl = 30, c->wr = 3;
+
+    /* kvcache: page sizes, batch index, leftpad, append with rotary, varlen q, splits */
+    static const int64_t pages[] = {0, 1, 3, 16, 64};
+    for (int i = 0; i < 5; i++) {
+        c = add(l, TU_KVCACHE, BF, 5, 1, 339, 8, 2, 128), c->page_size = pages[i], c->num_splits = 0;
+        c = add(l, TU_KVCACHE, BF, 5, 3, 1024, 6, 3, 128), c->page_size = pages[i], c->num_splits = 3,
+        c->causal = true, c->out_accum = true;
+        c = add(l, TU_KVCACHE, F16, 3, 64, 800, 6, 1, 64), c->page_size = pages[i], c->num_splits = 1,
+        c->causal = true;
+    }
+    c = add(l, TU_KVCACHE, BF, 5, 1, 339, 6, 6, 128), c->batch_idx = true, c->leftpad = true, c->num_splits = 0;
+    c = add(l, TU_KVCACHE, BF, 5, 1, 128, 6, 2, 128), c->s_new = 1, c->rotary = 1, c->num_splits = 0;
+    c = add(l, TU_KVCACHE, BF, 5, 3, 799, 6, 2, 128), c->s_new = 3, c->rotary = 2, c->causal = true, c->page_size = 16;
+    c = add(l, TU_KVCACHE, BF, 5, 64, 800, 6, 3, 128), c->s_new = 64, c->rotary = 1, c->rotary_dim = 64,
+    c->causal = true, c->leftpad = true, c->num_splits = 3;
+    c = add(l, TU_KVCACHE, F16, 5, 16, 2000, 6, 6, 64), c->s_new = 16, c->rotary = 2, c->rotary_dim = 32,
+    c->varlen_q = true, c->page_size = 3, c->batch_idx = true, c->num_splits = 0;
+    c = add(l, TU_KVCACHE, BF, 5, 3, 1024, 6, 2, 128), c->s_new = 3, c->varlen_q = true, c->wl = 64, c->wr = 0,
+    c->page_size = 64, c->num_splits = 0;
+    c = add(l, TU_KVCACHE, BF, 5, 1, 339, 8, 2, 128), c->sinks = BF, c->chunk = 100, c->causal = true,
+    c->page_size = 1, c->num_splits = 3;
+
+    /* decode shape (<= 16 packed rows) in every bucket, its 16-row edge, and 17 rows (many-rows shape) */
+    c = add(l, TU_KVCACHE, BF, 3, 1, 500, 8, 2, 192), c->dv = 128, c->num_splits = 0, c->page_size = 16;
+    c = add(l, TU_BATCHED, F16, 2, 2, 300, 8, 8, 96), c->softcap = 20, c->num_splits = 3;
+    c = add(l, TU_KVCACHE, BF, 2, 1, 777, 16, 1, 64), c->pack_gqa = 1, c->num_splits = 0;
+    c = add(l, TU_BATCHED, BF, 2, 17, 333, 4, 4, 128), c->causal = true;
+    c = add(l, TU_BATCHED, F16, 2, 16, 333, 4, 4, 256), c->wl = 40, c->wr = 7, c->num_splits = 3;
+    c = add(l, TU_VARLEN, BF, 7, 4, 500, 8, 2, 192), c->causal = true, c->zero_len = true, c->num_splits = 0;
+
+    /* outside the backend's coverage: refused, never a wrong answer */
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 1, 64, 64, 2, 2, 128);
+    l->k[l->n - 1].unsupported = true;
+    c = add(l, TU_BATCHED, BF, 1, 64, 64, 2, 2, 64), c->dv = 256;
+    l->k[l->n - 1].unsupported = true;
+    c = add(l, TU_BATCHED, BF, 1, 64, 64, 2, 2, 64), c->dv = 512, c->qv = true;
+    l->k[l->n - 1].unsupported = true;
+}
+
+/* A scheduler_metadata tensor that is not fa3c metadata must be rejected (the device copy of its
+ * header is checked before any launch), with nothing written. */
+static bool bad_metadata_rejected(fa3c_context *ctx, char *msg, size_t n) {
+    tu_case c;
+    tu_case_init(&c);
+    c.mode = TU_KVCACHE, c.b = 2, c.s_q = 1, c.s_k = 64, c.h = 2, c.h_k = 1, c.d = c.dv = 64;
+    tu_case_describe(&c, "");
+    tu_prepared p;
+    if (tu_prepare(&c, &p) != 0) {
+        snprintf(msg, n, "tu_prepare failed");
+        return false;
+    }
+    tu_arena junk;
+    tu_arena_init(&junk);
+    int64_t len = FA3C_SCHED_HEADER + 64;
+    fa3c_tensor meta = tu_tensor(&junk, FA3C_DTYPE_I32, 1, &len, 0);
+    for (int64_t i = 0; i < len; i++) ((int32_t *)meta.data)[i] = (int32_t)(i * 7 + 1);
+    bool ok = tu_arena_to_device(&p.arena, ctx) == 0 && tu_arena_to_device(&junk, ctx) == 0;
+    fa3c_fwd_args a = p.args;
+    fa3c_tensor *ts[] = {&a.q, &a.k, &a.v, &a.out, &a.softmax_lse, &a.seqused_k};
+    for (size_t i = 0; ok && i < sizeof ts / sizeof ts[0]; i++) *ts[i] = tu_on_device(&p.arena, ts[i], ctx);
+    a.scheduler_metadata = tu_on_device(&junk, &meta, ctx);
+    a.num_splits = 3;
+    fa3c_status st = ok ? fa3c_fwd(ctx, &a) : FA3C_ERROR_INTERNAL;
+    ok = ok && st == FA3C_ERROR_INVALID_ARGUMENT && strstr(fa3c_last_error(), "scheduler_metadata") != NULL;
+    snprintf(msg, n, "%s: %s", fa3c_status_string(st), fa3c_last_error());
+    if (ok && tu_arena_from_device(&p.arena, ctx) == 0) { /* out still holds the "never written" fill */
+        const uint8_t *o = p.args.out.data;
+        for (int64_t i = 0; ok && i < tu_numel(&p.args.out) * 2; i++) ok = o[i] == TU_FILL_OUT;
+        if (!ok) snprintf(msg, n, "out was written although the metadata was rejected");
+    }
+    tu_arena_free(&junk);
+    tu_prepared_free(&p);
+    return ok;
+}
+
+static int backend_index(const char *name) {
+    for (int i = 0; i < fa3c_backend_count(); i++)
+        if (strcmp(fa3c_backend_name(i), name) == 0) return i;
+    return -1;
+}
+
+int main(void) {
+    static case_list l;
+    build(&l);
+    int ci = backend_index("cuda");
+    if (ci < 0 || !fa3c_backend_available(ci)) {
+        printf("test_cuda: %s\n", ci < 0 ? "built without the cuda backend" : "no CUDA device");
+        printf("test_cuda: 0 passed, 0 failed, %d skipped\n", l.n + 1);
+        return 0;
+    }
+    fa3c_context *cuda = NULL, *ref = NULL;
+    fa3c_context_options opt;
+    fa3c_context_options_init(&opt);
+    opt.backend = "cuda";
+    opt.num_sm = 132; /* an H100's count: the same splits on any GPU */
+    if (fa3c_context_create(&opt, &cuda) != FA3C_OK) {
+        printf("FAIL cuda context: %s\n", fa3c_last_error());
+        printf("test_cuda: 0 passed, 1 failed, 0 skipped\n");
+        return 1;
+    }
+    opt.backend = "cpu-ref";
+    if (fa3c_context_create(&opt, &ref) != FA3C_OK) {
+        printf("FAIL cpu-ref context: %s\n", fa3c_last_error());
+        return 1;
+    }
+
+    const char *every_env = getenv("FA3C_TEST_CUDA_EVERY");
+    int every = every_env && atoi(every_env) > 0 ? atoi(every_env) : 1;
+    int passed = 0, failed = 0;
+    for (int i = 0; i < l.n; i += every) {
+        tu_case *c = &l.k[i].c;
+        tu_case_describe(c, "");
+        tu_prepared p;
+        if (tu_prepare(c, &p) != 0) {
+            printf("FAIL [naive] %s\n", c->name);
+            failed++;
+            continue;
+        }
+        fa3c_context *ctxs[2] = {ref, cuda};
+        for (int k = 0; k < 2; k++) {
+            bool is_cuda = ctxs[k] == cuda;
+            tu_report rep;
+            tu_verdict v = tu_run(ctxs[k], &p, TU_RULE_FA3, &rep);
+            bool ok = v == TU_PASS || (v == TU_SKIP && !is_cuda);
+            if (is_cuda && l.k[i].unsupported) ok = v == TU_SKIP;
+            const char *name = is_cuda ? "cuda" : "cpu-ref";
+            if (v == TU_PASS)
+                printf("%-4s [%-7s] %-96s S=%-3d err %.3g <= %.3g\n", ok ? "ok" : "FAIL", name, c->name, rep.num_splits,
+                       rep.max_err, rep.bound);
+            else
+                printf("%-4s [%-7s] %-96s S=%-3d %s\n", ok ? (v == TU_SKIP ? "skip" : "ok") : "FAIL", name, c->name,
+                       rep.num_splits, rep.msg);
+            fflush(stdout);
+            if (is_cuda) ok ? passed++ : failed++;
+        }
+        tu_prepared_free(&p);
+    }
+    char msg[512];
+    bool ok = bad_metadata_rejected(cuda, msg, sizeof msg);
+    printf("%-4s [cuda   ] foreign scheduler_metadata rejected: %s\n", ok ? "ok" : "FAIL", msg);
+    ok ? passed++ : failed++;
+
+    fa3c_context_destroy(cuda);
+    fa3c_context_destroy(ref);
+    printf("test_cuda: %d passed, %d failed, 0 skipped\n", passed, failed);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,277 @@
+/*
+ * fa3c cuda backend benchmark: CSV on stdout, one row per shape, with the same-run anchor of a
+ * device-to-device copy (bytes read + written per second).
+ *
+ *   prefill: bf16, d = 128, h = 16 (hidden 2048), 16k tokens in total (b = 16384 / s), s = 1k..16k,
+ *            causal and not; TFLOP/s with FA3's count 4 * b * h * s * s * d (halved when causal).
+ *   decode:  q_len 1, 32 q heads / 8 kv heads, d = 128, bf16, batch 1..128, KV length 1k..64k,
+ *            contiguous cache and page sizes 1, 16, 64 (random page order), cache_seqlens = KV
+ *            length, num_splits = 0 (heuristic); each call replayed from a CUDA graph; K/V bytes
+ *            read per second and their ratio to the copy.
+ * Times are medians of repeated event-timed runs after a warm-up. Inputs are random (a 64 MiB
+ * random block replicated over the cache).
+ *
+ * Usage: fa3c_bench_cuda [prefill|decode|all] [max_kv_gib]
+ */
+#include "fa3c.h"
+
+#include <cuda_runtime_api.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK_CUDA(call)                                                                                           \
+    do {                                                                                                           \
+        cudaError_t e_ = (call);                                                                                   \
+        if (e_ != cudaSuccess) {                                                                                   \
+            fprintf(stderr, "bench_cuda: %s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));      \
+            exit(1);                                                                                               \
+        }                                                                                                          \
+    } while (0)
+#define CHECK_FA3C(call)                                                                                           \
+    do {                                                                                                           \
+        fa3c_status s_ = (call);                                                                                   \
+        if (s_ != FA3C_OK) {                                                                                       \
+            fprintf(stderr, "bench_cuda: %s:%d: %s: %s\n", __FILE__, __LINE__, fa3c_status_string(s_),             \
+                    fa3c_last_error());                                                                            \
+            exit(1);                                                                                               \
+        }                                                                                                          \
+    } while (0)
+
+#define RAND_BLOCK (64u << 20)
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static float median(float *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_float);
+    return v[n / 2];
+}
+
+/* bytes of device memory at dst := copies of the random block from byte `shift` on (so that
+ * tensors filled with different shifts differ), bf16-valued noise in [-1, 1). */
+static void fill_random(void *dst, size_t bytes, const void *block_dev, size_t shift) {
+    size_t chunk = RAND_BLOCK - shift;
+    for (size_t off = 0; off < bytes; off += chunk) {
+        size_t n = bytes - off < chunk ? bytes - off : chunk;
+        CHECK_CUDA(cudaMemcpy((char *)dst + off, (const char *)block_dev + shift, n, cudaMemcpyDeviceToDevice));
+    }
+}
+
+static void *random_block(void) {
+    uint16_t *h = malloc(RAND_BLOCK);
+    uint64_t s = 0x9E3779B97F4A7C15ULL;
+    for (size_t i = 0; i < RAND_BLOCK / 2; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        float f = (float)((s >> 40) & 0xFFFF) / 32768.0f - 1.0f;
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        h[i] = (uint16_t)(bits >> 16);
+    }
+    void *d;
+    CHECK_CUDA(cudaMalloc(&d, RAND_BLOCK));
+    CHECK_CUDA(cudaMemcpy(d, h, RAND_BLOCK, cudaMemcpyHostToDevice));
+    free(h);
+    return d;
+}
+
+static fa3c_tensor dev_tensor(void *data, fa3c_dtype dt, int ndim, const int64_t *shape) {
+    fa3c_tensor t = fa3c_tensor_contiguous(data, dt, ndim, shape);
+    t.device_type = FA3C_DEVICE_CUDA;
+    t.device_index = 0;
+    return t;
+}
+
+/* Median seconds of one fa3c_fwd: `reps` timed runs of `inner` calls each (from a CUDA graph when
+ * graph is set, else launched directly). */
+static float time_fwd(fa3c_context *ctx, cudaStream_t st, const fa3c_fwd_args *a, int graph, int inner, int reps) {
+    CHECK_FA3C(fa3c_fwd(ctx, a)); /* warm-up: workspace, module load */
+    CHECK_CUDA(cudaStreamSynchronize(st));
+    cudaGraphExec_t exec = NULL;
+    if (graph) {
+        cudaGraph_t g;
+        CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        for (int i = 0; i < inner; i++) CHECK_FA3C(fa3c_fwd(ctx, a));
+        CHECK_CUDA(cudaStreamEndCapture(st, &g));
+        CHECK_CUDA(cudaGraphInstantiate(&exec, g, 0));
+        CHECK_CUDA(cudaGraphDestroy(g));
+        CHECK_CUDA(cudaGraphLaunch(exec, st));
+    }
+    cudaEvent_t e0, e1;
+    CHECK_CUDA(cudaEventCreate(&e0));
+    CHECK_CUDA(cudaEventCreate(&e1));
+    float *t = malloc(sizeof(float) * (size_t)reps);
+    for (int r = 0; r < reps; r++) {
+        CHECK_CUDA(cudaEventRecord(e0, st));
+        if (graph) CHECK_CUDA(cudaGraphLaunch(exec, st));
+        else
+            for (int i = 0; i < inner; i++) CHECK_FA3C(fa3c_fwd(ctx, a));
+        CHECK_CUDA(cudaEventRecord(e1, st));
+        CHECK_CUDA(cudaEventSynchronize(e1));
+        float ms;
+        CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+        t[r] = ms * 1e-3f / (float)inner;
+    }
+    float m = median(t, reps);
+    free(t);
+    CHECK_CUDA(cudaEventDestroy(e0));
+    CHECK_CUDA(cudaEventDestroy(e1));
+    if (exec) CHECK_CUDA(cudaGraphExecDestroy(exec));
+    return m;
+}
+
+/* Device-to-device copy of 1 GiB: bytes read + written per second. */
+static double copy_bandwidth(cudaStream_t st) {
+    size_t bytes = (size_t)1 << 30;
+    void *a, *b;
+    CHECK_CUDA(cudaMalloc(&a, bytes));
+    CHECK_CUDA(cudaMalloc(&b, bytes));
+    CHECK_CUDA(cudaMemsetAsync(a, 1, bytes, st));
+    cudaEvent_t e0, e1;
+    CHECK_CUDA(cudaEventCreate(&e0));
+    CHECK_CUDA(cudaEventCreate(&e1));
+    float t[10];
+    for (int r = -2; r < 10; r++) {
+        CHECK_CUDA(cudaEventRecord(e0, st));
+        CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, st));
+        CHECK_CUDA(cudaEventRecord(e1, st));
+        CHECK_CUDA(cudaEventSynchronize(e1));
+        float ms;
+        CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+        if (r >= 0) t[r] = ms * 1e-3f;
+    }
+    CHECK_CUDA(cudaFree(a));
+    CHECK_CUDA(cudaFree(b));
+    CHECK_CUDA(cudaEventDestroy(e0));
+    CHECK_CUDA(cudaEventDestroy(e1));
+    return 2.0 * (double)bytes / median(t, 10);
+}
+
+static void bench_prefill(fa3c_context *ctx, cudaStream_t st, const void *rnd) {
+    const int64_t total = 16384, h = 16, d = 128;
+    size_t bytes = (size_t)total * h * d * 2;
+    void *q, *k, *v, *o, *lse;
+    CHECK_CUDA(cudaMalloc(&q, bytes));
+    CHECK_CUDA(cudaMalloc(&k, bytes));
+    CHECK_CUDA(cudaMalloc(&v, bytes));
+    CHECK_CUDA(cudaMalloc(&o, bytes));
+    CHECK_CUDA(cudaMalloc(&lse, (size_t)total * h * 4));
+    fill_random(q, bytes, rnd, 0);
+    fill_random(k, bytes, rnd, 4096);
+    fill_random(v, bytes, rnd, 8192);
+    printf("kind,seqlen,batch,causal,heads,d,time_us,tflops\n");
+    for (int64_t s = 1024; s <= 16384; s *= 2) {
+        for (int causal = 0; causal <= 1; causal++) {
+            int64_t b = total / s, shp[4] = {b, s, h, d}, lshp[3] = {b, h, s};
+            fa3c_fwd_args a;
+            fa3c_fwd_args_init(&a);
+            a.q = dev_tensor(q, FA3C_DTYPE_BF16, 4, shp);
+            a.k = dev_tensor(k, FA3C_DTYPE_BF16, 4, shp);
+            a.v = dev_tensor(v, FA3C_DTYPE_BF16, 4, shp);
+            a.out = dev_tensor(o, FA3C_DTYPE_BF16, 4, shp);
+            a.softmax_lse = dev_tensor(lse, FA3C_DTYPE_F32, 3, lshp);
+            a.is_causal = causal;
+            a.num_splits = 1;
+            float t = time_fwd(ctx, st, &a, 0, 1, 15);
+            double flops = 4.0 * b * h * (double)s * s * d / (causal ? 2 : 1);
+            printf("prefill,%lld,%lld,%d,%lld,%lld,%.1f,%.1f\n", (long long)s, (long long)b, causal, (long long)h,
+                   (long long)d, t * 1e6, flops / t * 1e-12);
+            fflush(stdout);
+        }
+    }
+    cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(lse);
+}
+
+static void bench_decode(fa3c_context *ctx, cudaStream_t st, const void *rnd, double copy_bw, double max_gib) {
+    const int64_t h = 32, hk = 8, d = 128;
+    const int64_t batches[] = {1, 16, 64, 128}, kvs[] = {1024, 4096, 16384, 65536}, pages[] = {0, 1, 16, 64};
+    size_t cap = (size_t)(max_gib * (double)(1u << 30) / 2); /* per K and V */
+    void *kc, *vc, *q, *o, *lens, *pt;
+    CHECK_CUDA(cudaMalloc(&kc, cap));
+    CHECK_CUDA(cudaMalloc(&vc, cap));
+    fill_random(kc, cap, rnd, 0);
+    fill_random(vc, cap, rnd, 4096);
+    CHECK_CUDA(cudaMalloc(&q, 128 * h * d * 2));
+    CHECK_CUDA(cudaMalloc(&o, 128 * h * d * 2));
+    CHECK_CUDA(cudaMalloc(&lens, 128 * 4));
+    fill_random(q, 128 * h * d * 2, rnd, 12288);
+    size_t pt_cap = cap / (hk * d * 2) * sizeof(int32_t); /* one page per key row at most */
+    CHECK_CUDA(cudaMalloc(&pt, pt_cap));
+    int32_t *host = malloc(pt_cap > 128 * 4 ? pt_cap : 128 * 4);
+    printf("kind,batch,kv,page_size,splits,time_us,kv_gbps,copy_gbps,ratio\n");
+    for (int bi = 0; bi < 4; bi++)
+        for (int ki = 0; ki < 4; ki++)
+            for (int pi = 0; pi < 4; pi++) {
+                int64_t b = batches[bi], kv = kvs[ki], ps = pages[pi];
+                size_t kv_bytes = (size_t)b * kv * hk * d * 2; /* per K and V */
+                if (kv_bytes > cap) continue;
+                for (int64_t i = 0; i < b; i++) host[i] = (int32_t)kv;
+                CHECK_CUDA(cudaMemcpy(lens, host, (size_t)b * 4, cudaMemcpyHostToDevice));
+                int64_t qs[4] = {b, 1, h, d}, ls[1] = {b};
+                fa3c_fwd_args a;
+                fa3c_fwd_args_init(&a);
+                a.q = dev_tensor(q, FA3C_DTYPE_BF16, 4, qs);
+                a.out = dev_tensor(o, FA3C_DTYPE_BF16, 4, qs);
+                a.seqused_k = dev_tensor(lens, FA3C_DTYPE_I32, 1, ls);
+                if (ps == 0) {
+                    int64_t ks[4] = {b, kv, hk, d};
+                    a.k = dev_tensor(kc, FA3C_DTYPE_BF16, 4, ks);
+                    a.v = dev_tensor(vc, FA3C_DTYPE_BF16, 4, ks);
+                } else { /* pages in a random order */
+                    int64_t np = b * kv / ps, ks[4] = {np, ps, hk, d}, pts[2] = {b, kv / ps};
+                    for (int64_t i = 0; i < np; i++) host[i] = (int32_t)i;
+                    uint64_t s = 12345;
+                    for (int64_t i = np - 1; i > 0; i--) {
+                        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+                        int64_t j = (int64_t)((s >> 33) % (uint64_t)(i + 1));
+                        int32_t x = host[i];
+                        host[i] = host[j];
+                        host[j] = x;
+                    }
+                    CHECK_CUDA(cudaMemcpy(pt, host, (size_t)np * 4, cudaMemcpyHostToDevice));
+                    a.k = dev_tensor(kc, FA3C_DTYPE_BF16, 4, ks);
+                    a.v = dev_tensor(vc, FA3C_DTYPE_BF16, 4, ks);
+                    a.page_table = dev_tensor(pt, FA3C_DTYPE_I32, 2, pts);
+                }
+                a.num_splits = 0;
+                fa3c_fwd_info info;
+                CHECK_FA3C(fa3c_fwd_query(ctx, &a, &info));
+                int inner = kv_bytes < (64u << 20) ? 20 : 3;
+                float t = time_fwd(ctx, st, &a, 1, inner, 9);
+                double gbps = 2.0 * (double)kv_bytes / t * 1e-9;
+                printf("decode,%lld,%lld,%lld,%d,%.1f,%.0f,%.0f,%.3f\n", (long long)b, (long long)kv, (long long)ps,
+                       (int)info.num_splits, t * 1e6, gbps, copy_bw * 1e-9, gbps / (copy_bw * 1e-9));
+                fflush(stdout);
+            }
+    free(host);
+    cudaFree(kc), cudaFree(vc), cudaFree(q), cudaFree(o), cudaFree(lens), cudaFree(pt);
+}
+
+int main(int argc, char **argv) {
+    const char *what = argc > 1 ? argv[1] : "all";
+    double max_gib = argc > 2 ? atof(argv[2]) : 34.0;
+    cudaStream_t st;
+    CHECK_CUDA(cudaSetDevice(0));
+    CHECK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    fa3c_context_options opt;
+    fa3c_context_options_init(&opt);
+    opt.backend = "cuda";
+    opt.stream = st;
+    fa3c_context *ctx;
+    CHECK_FA3C(fa3c_context_create(&opt, &ctx));
+    struct cudaDeviceProp prop;
+    CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+    double copy_bw = copy_bandwidth(st);
+    printf("# device %s, %d SMs; copy (1 GiB D2D, read + write) %.0f GB/s\n", prop.name, prop.multiProcessorCount,
+           copy_bw * 1e-9);
+    void *rnd = random_block();
+    if (!strcmp(what, "prefill") || !strcmp(what, "all")) bench_prefill(ctx, st, rnd);
+    if (!strcmp(what, "decode") || !strcmp(what, "all")) bench_decode(ctx, st, rnd, copy_bw, max_gib);
+    cudaFree(rnd);
+    fa3c_context_destroy(ctx);
+    cudaStreamDestroy(st);
+    return 0;
+}
