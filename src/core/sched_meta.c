@@ -22,6 +22,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define SCHED_MAGIC 0x4D334146 /* "FA3M" little-endian */
@@ -542,6 +543,40 @@ fa3c_status fa3c_scheduler_metadata_size(fa3c_context *ctx, const fa3c_scheduler
     return FA3C_OK;
 }
 
+/*
+ * Device contexts: the length tensors (b or b + 1 int32 each) come to the host, the schedule is
+ * computed there exactly as for CPU contexts, and the metadata goes back. This synchronises with
+ * the context's stream, which is fine outside a forward (metadata is computed once per batch,
+ * outside any CUDA graph); a device-side prepare kernel can replace it without changing results.
+ */
+static fa3c_status compute_via_host(fa3c_context *ctx, fa3c_problem *p, fa3c_fwd_args *fwd, const fa3c_tensor *out) {
+    fa3c_tensor *lengths[] = {&fwd->seqused_k, &fwd->cu_seqlens_q, &fwd->cu_seqlens_k,
+                              &fwd->cu_seqlens_k_new, &fwd->seqused_q, &fwd->leftpad_k};
+    enum { N_LENGTHS = sizeof lengths / sizeof lengths[0] };
+    void *host[N_LENGTHS] = {0};
+    int64_t size = fa3c_sched_size(p);
+    int32_t *meta = malloc((size_t)size * sizeof *meta);
+    fa3c_status st = meta ? FA3C_OK : fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "scheduler metadata: out of memory");
+    for (int i = 0; i < N_LENGTHS && st == FA3C_OK; i++) {
+        fa3c_tensor *t = lengths[i];
+        if (!fa3c_present(t)) continue;
+        size_t bytes = (size_t)fa3c_numel(t) * sizeof(int32_t);
+        host[i] = malloc(bytes ? bytes : 1);
+        if (!host[i]) st = fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "scheduler metadata: out of memory");
+        else st = fa3c_device_copy(ctx, host[i], t->data, bytes, FA3C_COPY_DEVICE_TO_HOST);
+        t->data = host[i];
+        t->device_type = FA3C_DEVICE_CPU;
+        t->device_index = 0;
+    }
+    if (st == FA3C_OK) {
+        fa3c_sched_compute(p, meta);
+        st = fa3c_device_copy(ctx, out->data, meta, (size_t)size * sizeof *meta, FA3C_COPY_HOST_TO_DEVICE);
+    }
+    for (int i = 0; i < N_LENGTHS; i++) free(host[i]);
+    free(meta);
+    return st;
+}
+
 fa3c_status fa3c_get_scheduler_metadata(fa3c_context *ctx, const fa3c_scheduler_args *args, const fa3c_tensor *out) {
     fa3c_clear_error();
     if (!ctx || !args || !out)
@@ -551,11 +586,9 @@ fa3c_status fa3c_get_scheduler_metadata(fa3c_context *ctx, const fa3c_scheduler_
     fa3c_problem p;
     FA3C_TRY(fa3c_problem_from_scheduler_args(ctx, args, &fwd, &p));
     FA3C_TRY(fa3c_validate_index(ctx, "out", out, fa3c_sched_size(&p), "(metadata_size,)"));
-    if (ctx->device_type != FA3C_DEVICE_CPU)
-        return fa3c_fail(FA3C_ERROR_UNSUPPORTED,
-                         "fa3c_get_scheduler_metadata: computing the metadata on the device is not yet available on "
-                         "%s",
-                         fa3c_context_backend(ctx));
-    fa3c_sched_compute(&p, (int32_t *)out->data);
-    return FA3C_OK;
+    if (ctx->device_type == FA3C_DEVICE_CPU) {
+        fa3c_sched_compute(&p, (int32_t *)out->data);
+        return FA3C_OK;
+    }
+    return compute_via_host(ctx, &p, &fwd, out);
 }
