@@ -44,6 +44,7 @@ class Context:
         self.backend = dll.fa3c_context_backend(handle).decode()
         self.device_type = DeviceType(dll.fa3c_context_device_type(handle))
         self.device_index = device_index if self.device_type != DeviceType.CPU else 0
+        self._stream = stream
 
     @property
     def device(self):
@@ -57,17 +58,31 @@ class Context:
     def num_threads(self):
         return _lib.lib().fa3c_context_num_threads(self._live())
 
+    @property
+    def stream(self):
+        """The cudaStream_t (an int) calls launch on; None: the default stream."""
+        return self._stream
+
     def set_stream(self, stream):
-        self.call(_lib.lib().fa3c_context_set_stream, stream)
+        with self._lock:
+            self._set_stream_locked(stream)
 
     def synchronize(self):
         self.call(_lib.lib().fa3c_context_synchronize)
 
-    def call(self, fn, *args):
-        """fn(ctx, *args) under this context's lock; a non-OK status raises Fa3cError."""
+    def call(self, fn, *args, stream=None):
+        """fn(ctx, *args) under this context's lock; a non-OK status raises Fa3cError. stream (a
+        cudaStream_t as an int, e.g. torch's current stream) is bound first when given, under the
+        same lock, so a call never launches on a stream another thread set in between."""
         with self._lock:
+            if stream is not None and stream != self._stream:
+                self._set_stream_locked(stream)
             status = fn(self._live(), *args)
             _lib.check(status)  # fa3c_last_error is per thread: read it before releasing the lock
+
+    def _set_stream_locked(self, stream):
+        _lib.check(_lib.lib().fa3c_context_set_stream(self._live(), stream))
+        self._stream = stream
 
     def close(self):
         with self._lock:
@@ -94,15 +109,24 @@ _defaults_lock = threading.Lock()
 _defaults = {}
 
 
-def _create_for(device, backend):
-    device_type, device_index = device
-    if backend is None and not os.environ.get("FA3C_BACKEND"):
-        # The best available backend that runs on the arrays' device.
+def context_for_device(device, backend=None, **options):
+    """A new Context on device ((DeviceType, index)): backend None picks $FA3C_BACKEND when that
+    backend runs on this kind of device (so FA3C_BACKEND=cpu-ref pins CPU work without stopping
+    CUDA arrays from reaching the cuda backend), else the best available backend that does.
+    options: Context's other keywords. Fa3cError (UNSUPPORTED) when an explicitly named backend
+    runs on another kind of device."""
+    device_type, device_index = DeviceType(device[0]), int(device[1])
+    if backend is None:
+        env = os.environ.get("FA3C_BACKEND")
+        devices = {name: backend_device for name, _, _, backend_device in _lib.backends()}
+        if env and devices.get(env, device_type) == device_type:
+            backend = env
+    if backend is None:
         for name, _, available, backend_device in _lib.backends():
             if available and backend_device == device_type:
-                return Context(name, device_index)
+                return Context(name, device_index, **options)
         raise Fa3cError(Status.UNSUPPORTED, f"no available fa3c backend runs on {device_type.name.lower()}")
-    ctx = Context(backend, device_index)
+    ctx = Context(backend, device_index, **options)
     if ctx.device_type != device_type:
         ctx.close()
         raise Fa3cError(
@@ -120,6 +144,6 @@ def default_context(device=(DeviceType.CPU, 0), backend=None):
     with _defaults_lock:
         ctx = _defaults.get(key)
         if ctx is None:
-            ctx = _create_for(key[1:], backend)
+            ctx = context_for_device(key[1:], backend)
             _defaults[key] = ctx
     return ctx

@@ -1,13 +1,18 @@
 """FlashAttention-3's forward Python interface (hopper/flash_attn_interface.py), on fa3c.
 
 Same function names, argument order, defaults and return conventions as FA3; forward only.
-Arrays are numpy arrays (bf16 / fp8 through ml_dtypes); outputs are allocated in the family of q.
+Arrays are numpy arrays (bf16 / fp8 through ml_dtypes), torch tensors on the CPU or a CUDA device,
+or objects exporting __cuda_array_interface__ / __dlpack__ (_arrays.py), all read and written in
+place; outputs are allocated in the family and on the device of q. With torch CUDA tensors a call
+launches on torch's current stream of q's device. torch is never imported by this package.
 Shape legend: b, s_q, s_k, s_new, h, h_k, d, dv, S as in include/fa3c.h.
 
 Differences from FA3, all additive (new keywords only at the end of a signature):
   - sinks=None (sgl-kernel): (h,) learnable sink logit per q head, fp32/fp16/bf16.
   - ver=3 (sgl-kernel) on flash_attn_varlen_func / flash_attn_with_kvcache: any other value raises ValueError.
   - out=None: a preallocated output (FA3's op argument), returned in place of a new array.
+    get_scheduler_metadata(out=...): a 1-D int32 buffer at least metadata_size long; the metadata
+    is written to out[:metadata_size], and that view is returned (preallocated, graph-safe buffers).
   - flash_attn_varlen_func return_softmax_lse=False (sgl-kernel): returns (out, lse, out_accum, lse_accum).
   - context=None: the fa3c.Context to run on; default: the shared context of q's device.
   - deterministic is accepted and has no effect (the forward is deterministic).
@@ -70,6 +75,7 @@ def _flash_attn_forward(t, *, softmax_scale, causal, window_size, attention_chun
         t[name] = _arrays.maybe_contiguous(t[name], name)
     q, v = t["q"], t["v"]
     ctx = _context_for(q, "q", context)
+    stream = _arrays.stream(q, "q")
     varlen_q = t["cu_seqlens_q"] is not None
     q_rank = 3 if varlen_q else 4
     if len(q.shape) != q_rank:
@@ -121,7 +127,7 @@ def _flash_attn_forward(t, *, softmax_scale, causal, window_size, attention_chun
             lse_accum = _arrays.empty(q, (S,) + acc_rows, DType.F32)
             args.out_accum = _arrays.describe(out_accum, "out_accum", writable=True)
             args.lse_accum = _arrays.describe(lse_accum, "lse_accum", writable=True)
-    ctx.call(dll.fa3c_fwd, ctypes.byref(args))
+    ctx.call(dll.fa3c_fwd, ctypes.byref(args), stream=stream)
     if out_accum is None:
         out_accum = _arrays.empty(q, (0,), DType.F32)
         lse_accum = _arrays.empty(q, (0,), DType.F32)
@@ -253,7 +259,8 @@ def flash_attn_combine(out_partial, lse_partial, out=None, out_dtype=None, conte
         _arrays.describe(out, "out", writable=True),
         _arrays.describe(lse, "lse", writable=True),
     ]
-    ctx.call(_lib.lib().fa3c_combine, *[ctypes.byref(x) for x in tensors])
+    ctx.call(_lib.lib().fa3c_combine, *[ctypes.byref(x) for x in tensors],
+             stream=_arrays.stream(out_partial, "out_partial"))
     return out, lse
 
 
@@ -348,18 +355,58 @@ def get_scheduler_metadata(
     num_splits=0,
     pack_gqa=None,
     sm_margin=0,
+    out=None,
     context=None,
 ):
     """The precomputed schedule of a flash_attn_with_kvcache call, reusable by every call with the
-    same arguments: a (n,) int32 array on cache_seqlens' device. max_seqlen_k is the forward's
-    static key length (k_cache.shape[1], or page_table.shape[1] * page_size). A forward given
-    metadata computed for other arguments raises Fa3cError naming the field. Pass the same
-    context (or the same default) to this call and to the forward."""
+    same arguments: a (n,) int32 array on cache_seqlens' device (or out[:n] when out is given).
+    max_seqlen_k is the forward's static key length (k_cache.shape[1], or page_table.shape[1] *
+    page_size). cu_seqlens_k_new is read only when max_seqlen_k_new > 0 (the forward appends
+    k/v), as the forward reads it only then. A forward given metadata computed for other
+    arguments raises Fa3cError naming the field. Pass the same context (or the same default) to
+    this call and to the forward."""
+    sa, ctx, keep = _scheduler_args(**locals())
+    size = _scheduler_size(ctx, sa)
+    if out is None:
+        meta = _arrays.empty(keep, (size,), DType.I32)
+    elif len(out.shape) != 1 or out.shape[0] < size:
+        raise _lib.Fa3cError(
+            _lib.Status.INVALID_ARGUMENT,
+            f"out: expected a 1-D int32 buffer of at least metadata_size = {size} elements, got shape "
+            f"{tuple(out.shape)}",
+        )
+    else:
+        meta = out[:size]
+    desc = _arrays.describe(meta, "scheduler_metadata", writable=True)
+    ctx.call(_lib.lib().fa3c_get_scheduler_metadata, ctypes.byref(sa), ctypes.byref(desc),
+             stream=_arrays.stream(keep, "cache_seqlens"))
+    return meta
+
+
+def _scheduler_metadata_size(**kwargs):
+    """Elements of the metadata get_scheduler_metadata(**kwargs) would return."""
+    sa, ctx, _ = _scheduler_args(**kwargs)
+    return _scheduler_size(ctx, sa)
+
+
+def _scheduler_size(ctx, sa):
+    size = ctypes.c_int64()
+    ctx.call(_lib.lib().fa3c_scheduler_metadata_size, ctypes.byref(sa), ctypes.byref(size))
+    return size.value
+
+
+def _scheduler_args(
+    batch_size, max_seqlen_q, max_seqlen_k, num_heads_q, num_heads_kv, headdim, cache_seqlens, qkv_dtype="bfloat16",
+    headdim_v=None, cu_seqlens_q=None, cu_seqlens_k_new=None, cache_leftpad=None, page_size=None, max_seqlen_k_new=0,
+    causal=False, window_size=(-1, -1), attention_chunk=0, has_softcap=False, num_splits=0, pack_gqa=None,
+    sm_margin=0, out=None, context=None,
+):
+    """(fa3c_scheduler_args, context, cache_seqlens as described) of get_scheduler_metadata's
+    arguments; the caller keeps the returned cache_seqlens and its other arrays alive."""
     cache_seqlens = _arrays.maybe_contiguous(cache_seqlens, "cache_seqlens")
     ctx = _context_for(cache_seqlens, "cache_seqlens", context)
     sa = _lib.SchedulerArgs()
-    dll = _lib.lib()
-    dll.fa3c_scheduler_args_init(ctypes.byref(sa))
+    _lib.lib().fa3c_scheduler_args_init(ctypes.byref(sa))
     sa.batch_size = int(batch_size)
     sa.max_seqlen_q = int(max_seqlen_q)
     sa.max_seqlen_k = int(max_seqlen_k)
@@ -382,9 +429,4 @@ def get_scheduler_metadata(
     sa.num_splits = int(num_splits)
     sa.pack_gqa = -1 if pack_gqa is None else int(bool(pack_gqa))
     sa.sm_margin = int(sm_margin)
-    size = ctypes.c_int64()
-    ctx.call(dll.fa3c_scheduler_metadata_size, ctypes.byref(sa), ctypes.byref(size))
-    meta = _arrays.empty(cache_seqlens, (size.value,), DType.I32)
-    desc = _arrays.describe(meta, "scheduler_metadata", writable=True)
-    ctx.call(dll.fa3c_get_scheduler_metadata, ctypes.byref(sa), ctypes.byref(desc))
-    return meta
+    return sa, ctx, cache_seqlens

@@ -564,9 +564,7 @@ static fa3c_status compute_via_host(fa3c_context *ctx, fa3c_problem *p, fa3c_fwd
         host[i] = malloc(bytes ? bytes : 1);
         if (!host[i]) st = fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "scheduler metadata: out of memory");
         else st = fa3c_device_copy(ctx, host[i], t->data, bytes, FA3C_COPY_DEVICE_TO_HOST);
-        t->data = host[i];
-        t->device_type = FA3C_DEVICE_CPU;
-        t->device_index = 0;
+        t->data = host[i]; /* keeps its device fields: the signature records the call's device */
     }
     if (st == FA3C_OK) {
         fa3c_sched_compute(p, meta);
