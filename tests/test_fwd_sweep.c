@@ -240,6 +240,14 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* name is an element of the comma-separated list. */
+static bool listed(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (strncmp(p, name, n) == 0 && (p[n] == ',' || p[n] == '\0')) return true;
+    return false;
+}
+
 int main(void) {
     static gen g;
     tu_rng_seed(&g.r, 20260815);
@@ -250,11 +258,18 @@ int main(void) {
     const char *mode = getenv("FA3C_SWEEP");
     bool quick = mode && strcmp(mode, "quick") == 0;
 
+    /* FA3C_SWEEP_BACKENDS=cpu,cuda restricts the run to those backends (the forced-ISA runs of
+     * the cpu backend need not repeat the others). */
+    const char *only = getenv("FA3C_SWEEP_BACKENDS");
     int nb = fa3c_backend_count();
     fa3c_context **ctx = calloc((size_t)nb + 1, sizeof *ctx);
     int passed = 0, failed = 0, skipped = 0;
     for (int i = 0; i < nb; i++) {
         const char *name = fa3c_backend_name(i);
+        if (only && !listed(only, name)) {
+            printf("backend %s: not in FA3C_SWEEP_BACKENDS, not run\n", name);
+            continue;
+        }
         if (!fa3c_backend_available(i)) {
             printf("backend %s: not available here, not run\n", name);
             continue;

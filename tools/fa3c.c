@@ -1,4 +1,4 @@
-/* The fa3c command: `fa3c info`, `fa3c demo`. */
+/* The fa3c command: `fa3c info`, `fa3c demo`, `fa3c bench`. */
 #include "tools/tools.h"
 
 #include <stdio.h>
@@ -8,7 +8,9 @@ static void usage(FILE *f) {
     fprintf(f, "usage: fa3c <command> [options]\n"
                "  info                 version, backends and devices\n"
                "  demo [options]       a small serving trace (prefill + decode) checked against a naive\n"
-               "                       attention; `fa3c demo --help` for its options\n");
+               "                       attention; `fa3c demo --help` for its options\n"
+               "  bench [options]      forward throughput with the machine's anchors (FMA peak, memcpy);\n"
+               "                       `fa3c bench --help` for its options\n");
 }
 
 static int cmd_info(void) {
@@ -44,6 +46,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "info")) return cmd_info();
     if (!strcmp(argv[1], "demo")) return fa3c_cmd_demo(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "bench")) return fa3c_cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "fa3c: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

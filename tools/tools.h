@@ -12,5 +12,7 @@
 
 /* argv[0] is "demo". Returns the process exit code (0 OK, 1 FAIL, 2 usage). */
 int fa3c_cmd_demo(int argc, char **argv);
+/* argv[0] is "bench". Returns the process exit code (0 OK, 1 error, 2 usage). */
+int fa3c_cmd_bench(int argc, char **argv);
 
 #endif

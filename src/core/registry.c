@@ -7,6 +7,7 @@ static const fa3c_backend *const registry[] = {
 #ifdef FA3C_HAVE_CUDA_BACKEND
     &fa3c_backend_cuda,
 #endif
+    &fa3c_backend_cpu,
     &fa3c_backend_cpu_ref,
 };
 
