@@ -60,17 +60,17 @@ fa3c_status fa3c_fwd(fa3c_context *ctx, const fa3c_fwd_args *args) {
     FA3C_TRY(plan_fwd(ctx, args, &p, &choice));
     if (ctx->device_type != FA3C_DEVICE_CPU) return ctx->backend->fwd(ctx, &p, NULL, &choice);
 
-    /* CPU: the schedule (per-sequence split counts) is computed or verified on the host. */
-    int32_t *scratch = NULL;
-    if (p.is_varlen && !fa3c_present(&args->scheduler_metadata)) {
-        scratch = malloc((size_t)fa3c_sched_size(&p) * sizeof *scratch);
-        if (!scratch) return fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "scheduler metadata: out of memory");
+    /* CPU: the schedule (per-sequence split counts) is computed or verified on the host, in a
+     * buffer the context keeps so that steady-state forwards allocate nothing. */
+    if (p.is_varlen && !fa3c_present(&args->scheduler_metadata) && ctx->sched_scratch_len < fa3c_sched_size(&p)) {
+        int32_t *grown = realloc(ctx->sched_scratch, (size_t)fa3c_sched_size(&p) * sizeof *grown);
+        if (!grown) return fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "scheduler metadata: out of memory");
+        ctx->sched_scratch = grown;
+        ctx->sched_scratch_len = fa3c_sched_size(&p);
     }
     fa3c_sched_plan plan;
-    fa3c_status st = fa3c_sched_plan_get(&p, scratch, &plan);
-    if (st == FA3C_OK) st = ctx->backend->fwd(ctx, &p, &plan, &choice);
-    free(scratch);
-    return st;
+    FA3C_TRY(fa3c_sched_plan_get(&p, ctx->sched_scratch, &plan));
+    return ctx->backend->fwd(ctx, &p, &plan, &choice);
 }
 
 /* ----------------------------------------------------------------------------------------- */

@@ -68,6 +68,7 @@ void fa3c_context_destroy(fa3c_context *ctx) {
     if (!ctx) return;
     ctx->backend->context_free(ctx);
     fa3c_threadpool_destroy(ctx->pool);
+    free(ctx->sched_scratch);
     free(ctx);
 }
 

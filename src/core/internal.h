@@ -224,6 +224,8 @@ struct fa3c_context {
     bool                check_inputs;
     void               *stream;
     fa3c_threadpool    *pool;          /* CPU backends */
+    int32_t            *sched_scratch; /* CPU forwards: the host schedule, grown as needed */
+    int64_t             sched_scratch_len;
     void               *backend_state; /* owned by the backend */
 };
 
