@@ -1,49 +1,86 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: build the cuda backend, then the steps named in $1 (comma-separated:
-# test, sweep, sanitize, bench, torch, ncu). Logs go under $OUT (the device tool's result folder).
-# Usage: bash bench/cuda_device_run.sh test,sanitize,bench
+# One call on a GPU machine: build the cuda backend, then the steps named in $1 (comma-separated):
+#   test      tests/test_cuda (GPU cases, CUDA-graph decode; again with FA3C_CUDA_SPLIT=exact) and
+#             tests/test_combine
+#   sweep     the quick forward sweep (FA3C_SWEEP=quick tests/test_fwd_sweep), every backend
+#   sanitize  compute-sanitizer memcheck over every $SANITIZE_EVERY-th test_cuda case and the graph
+#             tests; then racecheck over the graph tests alone (FA3C_TEST_CUDA_EVERY=1000)
+#   bench     tools/bench_cuda.c: prefill, and decode once per split mode in $SPLIT_MODES
+#   base      the same benchmark built from the cuda sources in .base/ (a copy of an earlier
+#             version: src/cuda/* and tools/bench_cuda.c), for before/after in one run. Make it with
+#             mkdir -p .base/cuda; for f in $(git ls-tree --name-only REV src/cuda/); do
+#             git show REV:$f > .base/cuda/${f##*/}; done; git show REV:tools/bench_cuda.c > .base/bench_cuda.c
+#             (.base/ listed in .git/info/exclude, and named in the device call's carry)
+#   torch     bench/bench_torch_sdpa.py (torch SDPA anchors)
+#   ncu       one prefill launch under Nsight Compute
+# Logs go under $OUT (the device tool's result folder, at most 8 files come back); a summary goes
+# to stdout. Usage: bash bench/cuda_device_run.sh test,sweep,sanitize,bench,base
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fa3c-out}
+BUILD=${BUILD:-build-cuda2}
+SPLIT_MODES=${SPLIT_MODES:-fill,exact,max}
 mkdir -p "$OUT"
 steps=",${1:-test,bench},"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv > "$OUT/env.txt" 2>&1
-nvcc --version | tail -2 >> "$OUT/env.txt"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; nvcc --version | tail -2; } \
+    > "$OUT/build.log" 2>&1
 stamp "build"
-if ! { cmake -S . -B build-dev -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build build-dev -j16; } \
-    > "$OUT/build.log" 2>&1; then
+if ! { cmake -S . -B "$BUILD" -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build "$BUILD" -j16; } \
+    >> "$OUT/build.log" 2>&1; then
     grep -E "error|Error" "$OUT/build.log" | head -40
     exit 1
+fi
+if [[ $steps == *,base,* ]]; then # the earlier version beside this one: same tree, its cuda sources
+    base=/tmp/fa3c-base
+    rm -rf "$base" && mkdir -p "$base"
+    tar --exclude="./$BUILD" --exclude=./.base -cf - . | tar -xf - -C "$base"
+    cp .base/cuda/* "$base/src/cuda/" && cp .base/bench_cuda.c "$base/tools/"
+    { cmake -S "$base" -B "$base/build" -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release &&
+      cmake --build "$base/build" -j16 --target fa3c_bench_cuda; } >> "$OUT/build.log" 2>&1 || echo "base build FAILED"
 fi
 stamp "built"
 rc=0
 if [[ $steps == *,test,* ]]; then
-    timeout ${T_TEST:-200} ./build-dev/tests/test_cuda > "$OUT/test_cuda.log" 2>&1 || rc=1
-    grep -E "FAIL|test_cuda:" "$OUT/test_cuda.log" | tail -40
+    timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" > "$OUT/test_cuda.log" 2>&1 || rc=1
+    grep -E "FAIL|graph|test_cuda:" "$OUT/test_cuda.log" | tail -40
     stamp "test_cuda done"
-    timeout 60 ./build-dev/tests/test_combine > "$OUT/test_combine.log" 2>&1 || rc=1
-    grep -E "FAIL|cuda|test_combine:" "$OUT/test_combine.log" | grep -E "FAIL|test_combine:" | tail -10
-    grep -c "\[cuda\]" "$OUT/test_combine.log"
+    echo "=== FA3C_CUDA_SPLIT=exact" >> "$OUT/test_cuda.log"
+    FA3C_CUDA_SPLIT=exact timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" >> "$OUT/test_cuda.log" 2>&1 || rc=1
+    sed -n '/=== FA3C_CUDA_SPLIT=exact/,$p' "$OUT/test_cuda.log" | grep -E "FAIL|test_cuda:" | tail -20
+    stamp "test_cuda (exact splits) done"
+    timeout 60 "./$BUILD/tests/test_combine" > "$OUT/tests_other.log" 2>&1 || rc=1
+    grep -E "FAIL|test_combine:" "$OUT/tests_other.log" | tail -10
     stamp "test_combine done"
 fi
 if [[ $steps == *,sweep,* ]]; then
-    FA3C_SWEEP=quick timeout ${T_SWEEP:-300} ./build-dev/tests/test_fwd_sweep > "$OUT/test_fwd_sweep.log" 2>&1 || rc=1
-    grep -E "FAIL.*\[cuda\]|test_fwd_sweep:" "$OUT/test_fwd_sweep.log" | tail -30
+    FA3C_SWEEP=quick timeout ${T_SWEEP:-300} "./$BUILD/tests/test_fwd_sweep" >> "$OUT/tests_other.log" 2>&1 || rc=1
+    grep -E "FAIL.*\[cuda\]|test_fwd_sweep:" "$OUT/tests_other.log" | tail -30
     stamp "sweep done"
+fi
+if [[ $steps == *,bench,* ]]; then
+    timeout ${T_BENCH:-240} "./$BUILD/fa3c_bench_cuda" ${BENCH_WHAT:-all} ${BENCH_GIB:-34} "$SPLIT_MODES" \
+        > "$OUT/bench_fa3c.csv" 2>&1 || rc=1
+    grep -vE "^decode,[a-z]+,[0-9]+,[0-9]+,(1|64)," "$OUT/bench_fa3c.csv" # page sizes 1 and 64: in the file
+    stamp "bench done"
+fi
+if [[ $steps == *,base,* ]]; then
+    timeout ${T_BASE:-150} /tmp/fa3c-base/build/fa3c_bench_cuda ${BENCH_WHAT:-all} ${BENCH_GIB:-34} \
+        > "$OUT/bench_base.csv" 2>&1 || rc=1
+    grep -E "^#|^prefill|^decode,[0-9]+,[0-9]+,(0|16)," "$OUT/bench_base.csv" | head -60
+    stamp "base bench done"
 fi
 if [[ $steps == *,sanitize,* ]]; then
     FA3C_TEST_CUDA_EVERY=${SANITIZE_EVERY:-6} timeout ${T_SAN:-200} compute-sanitizer --tool memcheck --error-exitcode 9 \
-        ./build-dev/tests/test_cuda > "$OUT/sanitizer.log" 2>&1 || rc=1
-    grep -E "ERROR SUMMARY|test_cuda:|FAIL" "$OUT/sanitizer.log" | tail -10
-    stamp "sanitizer done"
-fi
-if [[ $steps == *,bench,* ]]; then
-    timeout ${T_BENCH:-150} ./build-dev/fa3c_bench_cuda ${BENCH_WHAT:-all} ${BENCH_GIB:-34} > "$OUT/bench_fa3c.csv" 2>&1 || rc=1
-    cat "$OUT/bench_fa3c.csv"
-    stamp "bench done"
+        "./$BUILD/tests/test_cuda" > "$OUT/sanitizer.log" 2>&1 || rc=1
+    grep -E "ERROR SUMMARY|graph|test_cuda:|FAIL" "$OUT/sanitizer.log" | tail -10
+    stamp "memcheck done"
+    FA3C_TEST_CUDA_EVERY=1000 timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
+        "./$BUILD/tests/test_cuda" >> "$OUT/sanitizer.log" 2>&1 || rc=1
+    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|graph|test_cuda:|FAIL" "$OUT/sanitizer.log" | tail -6
+    stamp "racecheck done"
 fi
 if [[ $steps == *,torch,* ]]; then
     PYTHONUNBUFFERED=1 timeout ${T_TORCH:-150} python3 bench/bench_torch_sdpa.py ${BENCH_WHAT:-all} ${BENCH_GIB:-34} \
@@ -54,7 +91,7 @@ fi
 if [[ $steps == *,ncu,* ]]; then # one prefill launch (s = 16k, non-causal) under Nsight Compute
     timeout ${T_NCU:-120} ncu --kernel-name regex:attn_fwd_kernel --launch-skip 9 --launch-count 1 \
         --section SpeedOfLight --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
-        ./build-dev/fa3c_bench_cuda prefill > "$OUT/ncu_prefill.txt" 2>&1 || rc=1
+        "./$BUILD/fa3c_bench_cuda" prefill > "$OUT/ncu_prefill.txt" 2>&1 || rc=1
     grep -E "Duration|Throughput|Warp Cycles Per Issued|Stall|Achieved Occupancy|Registers|Issue Slots|Executed Ipc" \
         "$OUT/ncu_prefill.txt" | head -40
     stamp "ncu done"

@@ -268,7 +268,19 @@ typedef struct fa3c_fwd_info {
 FA3C_API fa3c_status fa3c_fwd_query(fa3c_context *ctx, const fa3c_fwd_args *args, fa3c_fwd_info *info);
 
 /* The forward. Writes out, softmax_lse (if given), out_accum/lse_accum (if given and S > 1) and,
- * when appending, the cache slots being appended. Nothing else. */
+ * when appending, the cache slots being appended. Nothing else.
+ *
+ * CUDA graphs (GPU contexts): a forward can be captured into a CUDA graph on the context's stream
+ * and replayed with new contents in the same buffers, new lengths (seqused_k, cu_seqlens...)
+ * included. A captured forward allocates and synchronises nothing, so the context's workspace must
+ * already be large enough: run one forward of the largest shape the graphs will hold on the
+ * context before capturing (the warm-up frameworks do anyway). A capture that would need a larger
+ * workspace fails with FA3C_ERROR_UNSUPPORTED before launching anything. scheduler_metadata is
+ * checked against the call's signature on the host outside capture (FA3C_ERROR_INVALID_ARGUMENT
+ * naming the field); during capture only its size is checked there, and its signature is checked
+ * on the device at every replay: a mismatch writes NaN into out and softmax_lse. Recompute it into
+ * the same buffer, outside the graph, when the lengths change. The workspace belongs to the
+ * context: graphs holding its forwards must run one at a time, ordered with its other work. */
 FA3C_API fa3c_status fa3c_fwd(fa3c_context *ctx, const fa3c_fwd_args *args);
 
 /* ----------------------------------------------------------------------------------------- */

@@ -7,6 +7,8 @@
  * unchanged inputs, the appended cache and, with out_accum, the partials (testutil.h).
  * A case the cuda backend is meant to run counts as failed when it reports UNSUPPORTED; the few
  * cases outside its coverage (fp8, qv, d <= 64 with dv != d) must be refused with UNSUPPORTED.
+ * Then a decode step captured into a CUDA graph and replayed with new lengths (graph_decode), in
+ * each split mode of the backend ($FA3C_CUDA_SPLIT exact and fill).
  * Without a CUDA device: "test_cuda: 0 passed, 0 failed, N skipped" and exit 0.
  * FA3C_TEST_CUDA_EVERY=n runs every n-th case only (for slow runs under compute-sanitizer).
  */
@@ -14,6 +16,11 @@
 
 #include "core/internal.h"
 
+#ifdef FA3C_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,6 +178,263 @@ static bool bad_metadata_rejected(fa3c_context *ctx, char *msg, size_t n) {
     return ok;
 }
 
+
+#ifdef FA3C_HAVE_CUDA
+#define GRAPH_TESTS 2 /* graph_decode in each split mode */
+#define GRAPH_REPLAYS 4
+
+/* out and lse of a prepared case (host copies) against its naive references with FA3's kvcache
+ * rule, and out against cpu-ref's out (ref_out, the same layout) within twice that bound. */
+static bool graph_check(const tu_prepared *p, const void *ref_out, char *msg, size_t n) {
+    const naive_result *ex = &p->exact, *lp = &p->lowp;
+    const fa3c_tensor *o = &p->args.out, *l = &p->args.softmax_lse;
+    double max_err = 0, max_pt = 0, atol = 0, sum_err = 0, sum_pt = 0, max_ref = 0;
+    int64_t cnt = 0;
+    for (int64_t row = 0; row < ex->rows; row++) {
+        if (!ex->written[row]) continue;
+        for (int64_t hh = 0; hh < ex->h; hh++) {
+            int64_t ob = (row / ex->s_q) * o->stride[0] + (row % ex->s_q) * o->stride[1] + hh * o->stride[2];
+            int64_t nb = naive_out_index(ex, row, hh);
+            for (int64_t e = 0; e < ex->dv; e++) {
+                double x = fa3c_load(o->data, o->dtype, ob + e), ref = ex->out_r[nb + e];
+                double y = fa3c_load(ref_out, o->dtype, ob + e);
+                double err = fabs(x - ref), pt = fabs(lp->out[nb + e] - ref);
+                if (isnan(err)) err = INFINITY;
+                max_err = fmax(max_err, err);
+                max_ref = fmax(max_ref, isnan(x - y) ? INFINITY : fabs(x - y));
+                max_pt = fmax(max_pt, pt);
+                sum_err += err;
+                sum_pt += pt;
+                float r1 = fa3c_round(o->dtype, fa3c_round(o->dtype, (float)ref + 0.3f) - 0.3f);
+                atol = fmax(atol, fabs((double)r1 - ref));
+                cnt++;
+            }
+            double lx = ((const float *)l->data)[(row / ex->s_q) * l->stride[0] + hh * l->stride[1] +
+                                                 (row % ex->s_q) * l->stride[2]];
+            double lr = ex->lse[naive_lse_index(ex, row, hh)];
+            bool good = isinf(lr) || isinf(lx) ? lx == lr : fabs(lx - lr) <= 1e-3 * fmax(1.0, fabs(lr));
+            if (!good) {
+                snprintf(msg, n, "lse %.7g vs naive %.7g at row %lld head %lld", lx, lr, (long long)row, (long long)hh);
+                return false;
+            }
+        }
+    }
+    double bound = 2 * max_pt + 2 * atol;
+    if (!(max_err <= bound) || !(max_err <= 2 * max_pt + 1e-5) || !(sum_err <= 1.5 * sum_pt)) {
+        snprintf(msg, n, "out: max err %.4g (bound %.4g), mean err %.4g vs naive's %.4g", max_err, bound,
+                 sum_err / (double)cnt, sum_pt / (double)cnt);
+        return false;
+    }
+    if (!(max_ref <= 2 * bound)) {
+        snprintf(msg, n, "out: max |cuda - cpu-ref| %.4g > %.4g", max_ref, 2 * bound);
+        return false;
+    }
+    snprintf(msg, n, "err %.3g <= %.3g", max_err, bound);
+    return true;
+}
+
+/* Every element of the case's out and lse is NaN (what a forward whose scheduler_metadata fails
+ * the device check writes). */
+static bool graph_all_nan(const tu_prepared *p) {
+    const naive_result *ex = &p->exact;
+    const fa3c_tensor *o = &p->args.out, *l = &p->args.softmax_lse;
+    for (int64_t row = 0; row < ex->rows; row++)
+        for (int64_t hh = 0; hh < ex->h; hh++) {
+            int64_t ob = (row / ex->s_q) * o->stride[0] + (row % ex->s_q) * o->stride[1] + hh * o->stride[2];
+            for (int64_t e = 0; e < ex->dv; e++)
+                if (!isnan(fa3c_load(o->data, o->dtype, ob + e))) return false;
+            if (!isnan(((const float *)l->data)[(row / ex->s_q) * l->stride[0] + hh * l->stride[1] +
+                                                (row % ex->s_q) * l->stride[2]]))
+                return false;
+        }
+    return true;
+}
+
+/* flash_attn_with_kvcache's get_scheduler_metadata for a paged decode case, lengths on the device. */
+static void graph_sched_args(const tu_prepared *p, const fa3c_tensor *seqused_k_dev, int32_t num_splits,
+                             fa3c_scheduler_args *sa) {
+    fa3c_scheduler_args_init(sa);
+    sa->batch_size = p->c.b;
+    sa->max_seqlen_q = p->c.s_q;
+    sa->max_seqlen_k = p->s_k_static;
+    sa->num_heads_q = p->c.h;
+    sa->num_heads_kv = p->c.h_k;
+    sa->headdim = p->c.d;
+    sa->headdim_v = p->c.dv;
+    sa->qkv_dtype = p->c.dtype;
+    sa->seqused_k = *seqused_k_dev;
+    sa->page_size = p->c.page_size;
+    sa->num_splits = num_splits;
+}
+
+/*
+ * A decode step (paged KV, q_len 1, GQA 4, num_splits 0, scheduler metadata) captured into a CUDA
+ * graph on the context's stream, replayed GRAPH_REPLAYS times with other cache_seqlens, cache and
+ * q in the same device buffers (the metadata recomputed into its buffer before each replay), every
+ * result checked against the naive references and cpu-ref. Also: capturing before the workspace
+ * is large enough fails with UNSUPPORTED; a larger eager forward after the capture (the workspace
+ * grows) leaves the graph intact; metadata of another signature makes the replay write NaN.
+ * split_mode: the value of $FA3C_CUDA_SPLIT the cuda context is created with.
+ */
+static bool graph_decode(fa3c_context *ref, const char *split_mode, char *msg, size_t n) {
+    tu_prepared p[GRAPH_REPLAYS], big;
+    int prepared = 0;
+    bool ok = true, have_big = false;
+    cudaStream_t st = NULL;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    fa3c_context *ctx = NULL;
+    void *meta_dev = NULL, *ref_out = NULL;
+    snprintf(msg, n, "setup failed");
+    for (int r = 0; r < GRAPH_REPLAYS && ok; r++) {
+        tu_case c;
+        tu_case_init(&c);
+        c.mode = TU_KVCACHE, c.b = 6, c.s_q = 1, c.s_k = 700, c.h = 8, c.h_k = 2, c.d = c.dv = 128;
+        c.page_size = 16, c.num_splits = 0, c.seed = 7000u + (uint64_t)r;
+        tu_case_describe(&c, "graph ");
+        ok = tu_prepare(&c, &p[r]) == 0;
+        prepared += ok;
+        ok = ok && p[r].arena.n == p[0].arena.n; /* the same buffers, so one graph serves every case */
+        for (int j = 0; ok && j < p[0].arena.n; j++) ok = p[r].arena.buf[j].bytes == p[0].arena.buf[j].bytes;
+    }
+    if (ok) {
+        tu_case c; /* an eager forward that needs a larger workspace than the graph's */
+        tu_case_init(&c);
+        c.mode = TU_BATCHED, c.b = 2, c.s_q = 113, c.s_k = 1023, c.h = 8, c.h_k = 8, c.d = c.dv = 128;
+        c.num_splits = 3, c.seed = 7100u;
+        tu_case_describe(&c, "graph-big ");
+        ok = have_big = tu_prepare(&c, &big) == 0;
+    }
+    if (ok) ok = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) == cudaSuccess;
+    if (ok) {
+        fa3c_context_options opt;
+        fa3c_context_options_init(&opt);
+        opt.backend = "cuda";
+        opt.num_sm = 132;
+        opt.stream = st;
+        setenv("FA3C_CUDA_SPLIT", split_mode, 1);
+        ok = fa3c_context_create(&opt, &ctx) == FA3C_OK;
+        unsetenv("FA3C_CUDA_SPLIT");
+        if (!ok) snprintf(msg, n, "context: %s", fa3c_last_error());
+    }
+    fa3c_fwd_args ad;
+    fa3c_scheduler_args sa, sa_other;
+    fa3c_tensor meta;
+    memset(&meta, 0, sizeof meta);
+    size_t out_bytes = 0;
+    if (ok) ok = tu_arena_to_device(&p[0].arena, ctx) == 0;
+    if (ok) {
+        ad = p[0].args;
+        fa3c_tensor *ts[] = {&ad.q, &ad.k, &ad.v, &ad.out, &ad.softmax_lse, &ad.seqused_k, &ad.page_table};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) *ts[i] = tu_on_device(&p[0].arena, ts[i], ctx);
+        graph_sched_args(&p[0], &ad.seqused_k, 0, &sa);
+        graph_sched_args(&p[0], &ad.seqused_k, 5, &sa_other);
+        int64_t meta_n = 0;
+        ok = fa3c_scheduler_metadata_size(ctx, &sa, &meta_n) == FA3C_OK &&
+             fa3c_device_alloc(ctx, (size_t)meta_n * sizeof(int32_t), &meta_dev) == FA3C_OK;
+        if (ok) {
+            meta = fa3c_tensor_contiguous(meta_dev, FA3C_DTYPE_I32, 1, &meta_n);
+            meta.device_type = FA3C_DEVICE_CUDA;
+            meta.device_index = ctx->device_index;
+            ad.scheduler_metadata = meta;
+            ok = fa3c_get_scheduler_metadata(ctx, &sa, &meta) == FA3C_OK;
+        }
+        out_bytes = tu_arena_find(&p[0].arena, p[0].args.out.data)->bytes + 2 * TU_GUARD;
+        ref_out = malloc(out_bytes);
+        ok = ok && ref_out;
+        if (!ok) snprintf(msg, n, "metadata: %s", fa3c_last_error());
+    }
+    /* A fresh context has no workspace: capturing first must fail, before anything is launched. */
+    if (ok) {
+        ok = cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal) == cudaSuccess;
+        fa3c_status s = ok ? fa3c_fwd(ctx, &ad) : FA3C_ERROR_INTERNAL;
+        char err[256];
+        snprintf(err, sizeof err, "%s", fa3c_last_error());
+        cudaGraph_t empty = NULL;
+        ok = ok && cudaStreamEndCapture(st, &empty) == cudaSuccess;
+        if (empty) cudaGraphDestroy(empty);
+        if (ok && !(s == FA3C_ERROR_UNSUPPORTED && strstr(err, "workspace"))) {
+            snprintf(msg, n, "capture before warm-up: expected UNSUPPORTED naming the workspace, got %s: %s",
+                     fa3c_status_string(s), err);
+            ok = false;
+        }
+    }
+    /* Warm-up (sizes the workspace), capture, instantiate. */
+    if (ok) {
+        fa3c_status s = fa3c_fwd(ctx, &ad);
+        if (s == FA3C_OK) s = fa3c_context_synchronize(ctx);
+        ok = s == FA3C_OK && cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal) == cudaSuccess;
+        if (ok) {
+            s = fa3c_fwd(ctx, &ad);
+            ok = cudaStreamEndCapture(st, &graph) == cudaSuccess && s == FA3C_OK;
+            ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+        }
+        if (!ok) snprintf(msg, n, "warm-up / capture: %s: %s", fa3c_status_string(s), fa3c_last_error());
+    }
+    /* Replays: case r's data into the graph's buffers, its metadata recomputed, then checked.
+     * After the replays an eager forward grows the workspace, and case 0 is replayed once more. */
+    for (int step = 0; ok && step <= GRAPH_REPLAYS; step++) {
+        int r = step % GRAPH_REPLAYS;
+        if (step == GRAPH_REPLAYS) {
+            tu_report rep;
+            ok = tu_run(ctx, &big, TU_RULE_FA3, &rep) == TU_PASS;
+            if (!ok) {
+                snprintf(msg, n, "eager %.150s: %.300s", big.c.name, rep.msg);
+                break;
+            }
+        }
+        tu_report rep; /* cpu-ref on the same case, its out kept for the comparison */
+        ok = tu_run(ref, &p[r], TU_RULE_FA3, &rep) == TU_PASS;
+        if (!ok) {
+            snprintf(msg, n, "cpu-ref %.150s: %.300s", p[r].c.name, rep.msg);
+            break;
+        }
+        const tu_buf *ob = tu_arena_find(&p[r].arena, p[r].args.out.data);
+        memcpy(ref_out, ob->base, out_bytes);
+        const uint8_t *ref_data = (const uint8_t *)ref_out + ((const uint8_t *)p[r].args.out.data - ob->base);
+        tu_arena_restore(&p[r].arena);
+        for (int j = 0; j < p[0].arena.n; j++) {
+            p[r].arena.buf[j].dev = p[0].arena.buf[j].dev;
+            p[r].arena.buf[j].dev_ctx = p[0].arena.buf[j].dev_ctx;
+        }
+        ok = tu_arena_to_device(&p[r].arena, ctx) == 0 && fa3c_get_scheduler_metadata(ctx, &sa, &meta) == FA3C_OK &&
+             cudaGraphLaunch(exec, st) == cudaSuccess && cudaStreamSynchronize(st) == cudaSuccess &&
+             tu_arena_from_device(&p[r].arena, ctx) == 0;
+        if (!ok) snprintf(msg, n, "replay %d: %s / %s", step, fa3c_last_error(), cudaGetErrorString(cudaGetLastError()));
+        char why[256];
+        if (ok && !graph_check(&p[r], ref_data, why, sizeof why)) {
+            snprintf(msg, n, "replay %d (%.150s): %.250s", step, p[r].c.name, why);
+            ok = false;
+        }
+        if (r > 0)
+            for (int j = 0; j < p[0].arena.n; j++) p[r].arena.buf[j].dev = NULL; /* p[0] owns the twins */
+    }
+    /* Metadata of another signature (num_splits 5) in the buffer: the replay writes NaN. */
+    if (ok) {
+        tu_arena_restore(&p[0].arena);
+        ok = tu_arena_to_device(&p[0].arena, ctx) == 0 && fa3c_get_scheduler_metadata(ctx, &sa_other, &meta) == FA3C_OK &&
+             cudaGraphLaunch(exec, st) == cudaSuccess && cudaStreamSynchronize(st) == cudaSuccess &&
+             tu_arena_from_device(&p[0].arena, ctx) == 0;
+        if (ok && !graph_all_nan(&p[0])) {
+            snprintf(msg, n, "a replay with foreign metadata did not write NaN everywhere");
+            ok = false;
+        }
+        if (ok) snprintf(msg, n, "%d replays ok, foreign metadata -> NaN", GRAPH_REPLAYS + 1);
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    if (meta_dev) fa3c_device_free(ctx, meta_dev);
+    free(ref_out);
+    for (int r = 0; r < prepared; r++) tu_prepared_free(&p[r]);
+    if (have_big) tu_prepared_free(&big);
+    fa3c_context_destroy(ctx);
+    if (st) cudaStreamDestroy(st);
+    return ok;
+}
+#else
+#define GRAPH_TESTS 0
+#endif
+
 static int backend_index(const char *name) {
     for (int i = 0; i < fa3c_backend_count(); i++)
         if (strcmp(fa3c_backend_name(i), name) == 0) return i;
@@ -183,7 +447,7 @@ int main(void) {
     int ci = backend_index("cuda");
     if (ci < 0 || !fa3c_backend_available(ci)) {
         printf("test_cuda: %s\n", ci < 0 ? "built without the cuda backend" : "no CUDA device");
-        printf("test_cuda: 0 passed, 0 failed, %d skipped\n", l.n + 1);
+        printf("test_cuda: 0 passed, 0 failed, %d skipped\n", l.n + 1 + GRAPH_TESTS);
         return 0;
     }
     fa3c_context *cuda = NULL, *ref = NULL;
@@ -237,6 +501,15 @@ int main(void) {
     bool ok = bad_metadata_rejected(cuda, msg, sizeof msg);
     printf("%-4s [cuda   ] foreign scheduler_metadata rejected: %s\n", ok ? "ok" : "FAIL", msg);
     ok ? passed++ : failed++;
+#ifdef FA3C_HAVE_CUDA
+    static const char *const modes[GRAPH_TESTS] = {"fill", "exact"};
+    for (int i = 0; i < GRAPH_TESTS; i++) {
+        ok = graph_decode(ref, modes[i], msg, sizeof msg);
+        printf("%-4s [cuda   ] decode step in a CUDA graph (FA3C_CUDA_SPLIT=%s): %s\n", ok ? "ok" : "FAIL", modes[i], msg);
+        fflush(stdout);
+        ok ? passed++ : failed++;
+    }
+#endif
 
     fa3c_context_destroy(cuda);
     fa3c_context_destroy(ref);

@@ -7,11 +7,12 @@
  *   decode:  q_len 1, 32 q heads / 8 kv heads, d = 128, bf16, batch 1..128, KV length 1k..64k,
  *            contiguous cache and page sizes 1, 16, 64 (random page order), cache_seqlens = KV
  *            length, num_splits = 0 (heuristic); each call replayed from a CUDA graph; K/V bytes
- *            read per second and their ratio to the copy.
+ *            read per second and their ratio to the copy. Once per split mode of the backend
+ *            ($FA3C_CUDA_SPLIT, one context each), so the modes compare within one run.
  * Times are medians of repeated event-timed runs after a warm-up. Inputs are random (a 64 MiB
  * random block replicated over the cache).
  *
- * Usage: fa3c_bench_cuda [prefill|decode|all] [max_kv_gib]
+ * Usage: fa3c_bench_cuda [prefill|decode|all] [max_kv_gib] [split modes, comma-separated; default fill]
  */
 #include "fa3c.h"
 
@@ -185,7 +186,8 @@ static void bench_prefill(fa3c_context *ctx, cudaStream_t st, const void *rnd) {
     cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(lse);
 }
 
-static void bench_decode(fa3c_context *ctx, cudaStream_t st, const void *rnd, double copy_bw, double max_gib) {
+static void bench_decode(fa3c_context *ctx, cudaStream_t st, const void *rnd, double copy_bw, double max_gib,
+                         const char *mode) {
     const int64_t h = 32, hk = 8, d = 128;
     const int64_t batches[] = {1, 16, 64, 128}, kvs[] = {1024, 4096, 16384, 65536}, pages[] = {0, 1, 16, 64};
     size_t cap = (size_t)(max_gib * (double)(1u << 30) / 2); /* per K and V */
@@ -201,7 +203,7 @@ static void bench_decode(fa3c_context *ctx, cudaStream_t st, const void *rnd, do
     size_t pt_cap = cap / (hk * d * 2) * sizeof(int32_t); /* one page per key row at most */
     CHECK_CUDA(cudaMalloc(&pt, pt_cap));
     int32_t *host = malloc(pt_cap > 128 * 4 ? pt_cap : 128 * 4);
-    printf("kind,batch,kv,page_size,splits,time_us,kv_gbps,copy_gbps,ratio\n");
+    printf("kind,mode,batch,kv,page_size,splits,time_us,kv_gbps,copy_gbps,ratio\n");
     for (int bi = 0; bi < 4; bi++)
         for (int ki = 0; ki < 4; ki++)
             for (int pi = 0; pi < 4; pi++) {
@@ -242,36 +244,52 @@ static void bench_decode(fa3c_context *ctx, cudaStream_t st, const void *rnd, do
                 int inner = kv_bytes < (64u << 20) ? 20 : 3;
                 float t = time_fwd(ctx, st, &a, 1, inner, 9);
                 double gbps = 2.0 * (double)kv_bytes / t * 1e-9;
-                printf("decode,%lld,%lld,%lld,%d,%.1f,%.0f,%.0f,%.3f\n", (long long)b, (long long)kv, (long long)ps,
-                       (int)info.num_splits, t * 1e6, gbps, copy_bw * 1e-9, gbps / (copy_bw * 1e-9));
+                printf("decode,%s,%lld,%lld,%lld,%d,%.1f,%.0f,%.0f,%.3f\n", mode, (long long)b, (long long)kv,
+                       (long long)ps, (int)info.num_splits, t * 1e6, gbps, copy_bw * 1e-9, gbps / (copy_bw * 1e-9));
                 fflush(stdout);
             }
     free(host);
     cudaFree(kc), cudaFree(vc), cudaFree(q), cudaFree(o), cudaFree(lens), cudaFree(pt);
 }
 
-int main(int argc, char **argv) {
-    const char *what = argc > 1 ? argv[1] : "all";
-    double max_gib = argc > 2 ? atof(argv[2]) : 34.0;
-    cudaStream_t st;
-    CHECK_CUDA(cudaSetDevice(0));
-    CHECK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+static fa3c_context *context_for(cudaStream_t st, const char *split_mode) {
     fa3c_context_options opt;
     fa3c_context_options_init(&opt);
     opt.backend = "cuda";
     opt.stream = st;
+    setenv("FA3C_CUDA_SPLIT", split_mode, 1);
     fa3c_context *ctx;
     CHECK_FA3C(fa3c_context_create(&opt, &ctx));
+    unsetenv("FA3C_CUDA_SPLIT");
+    return ctx;
+}
+
+int main(int argc, char **argv) {
+    const char *what = argc > 1 ? argv[1] : "all";
+    double max_gib = argc > 2 ? atof(argv[2]) : 34.0;
+    char modes[64];
+    snprintf(modes, sizeof modes, "%s", argc > 3 ? argv[3] : "fill");
+    cudaStream_t st;
+    CHECK_CUDA(cudaSetDevice(0));
+    CHECK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     struct cudaDeviceProp prop;
     CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
     double copy_bw = copy_bandwidth(st);
     printf("# device %s, %d SMs; copy (1 GiB D2D, read + write) %.0f GB/s\n", prop.name, prop.multiProcessorCount,
            copy_bw * 1e-9);
     void *rnd = random_block();
-    if (!strcmp(what, "prefill") || !strcmp(what, "all")) bench_prefill(ctx, st, rnd);
-    if (!strcmp(what, "decode") || !strcmp(what, "all")) bench_decode(ctx, st, rnd, copy_bw, max_gib);
+    if (!strcmp(what, "prefill") || !strcmp(what, "all")) {
+        fa3c_context *ctx = context_for(st, "fill");
+        bench_prefill(ctx, st, rnd);
+        fa3c_context_destroy(ctx);
+    }
+    if (!strcmp(what, "decode") || !strcmp(what, "all"))
+        for (char *save = NULL, *m = strtok_r(modes, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
+            fa3c_context *ctx = context_for(st, m);
+            bench_decode(ctx, st, rnd, copy_bw, max_gib, m);
+            fa3c_context_destroy(ctx);
+        }
     cudaFree(rnd);
-    fa3c_context_destroy(ctx);
     cudaStreamDestroy(st);
     return 0;
 }

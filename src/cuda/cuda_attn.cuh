@@ -2,7 +2,7 @@
 // bucket, dtype and row shape in cuda_attn_d*.cu. Everything else is a run-time flag: masks,
 // softcap, sinks, paging, varlen, pack-GQA, splits, q rotary.
 //
-// One CTA = 4 warps on the query rows of one (sequence, head -- kv head when packed -- split).
+// One CTA = 4 warps on the query rows of one (sequence, head -- kv head when packed -- split slot).
 // Two row shapes (template MT, WSPLIT):
 //   many rows  each warp owns MT m16 tiles (BM = 64 * MT rows); every warp reads the whole K/V
 //              tile, so 32 rows a warp (MT = 2) halve the shared-memory traffic per mma;
@@ -15,6 +15,12 @@
 // ring; for a paged cache the page ids of tile t + 2 arrive (cp.async, 4 bytes a row) while tile t
 // computes, so any page_size works with one page lookup per key row. Shared-memory rows are padded
 // by 16 bytes, which makes every ldmatrix phase hit 8 distinct bank groups.
+// Split slots (cuda_attn_params): FA3's exact splits, or "pieces": the CTA's visible keys cut into
+// num_splits runs of whole tiles, sized by the backend so that the grid fills the GPU. Pieces are
+// a finer partition of the same keys as FA3's splits, so their combine is the same result up to
+// fp32 rounding; they are used only where the partials stay internal (no out_accum). The decode
+// shape then combines in place: the last CTA of a (sequence, head, m-block) to finish merges the
+// slots (an arrival counter in device memory that it re-arms), which saves the combine launch.
 //
 // Shapes: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows (see cuda_attn_params); out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials
@@ -87,8 +93,12 @@ __device__ __forceinline__ void attn_issue_pages(const cuda_attn_params &p, cons
 
 // K and V rows of keys k0 .. k0 + BN - 1 into one stage; rows >= kmax and columns >= d (dv) are
 // zero-filled, so padded head dims and the tail tile contribute exact zeros. Each thread issues a
-// fixed number of 16-byte chunks (compile-time unrolled).
-template <int HD, int DV, int BN>
+// fixed number of 16-byte chunks. When K and V rows have the same chunk count (dv == d buckets) a
+// thread's K and V chunks sit at the same (row, column), so one cache position (one page-id read)
+// serves both. UNROLL: how far the chunk loop unrolls (the decode shape unrolls it fully, so the
+// page-id reads and address computations of a tile overlap; the many-rows shapes keep it rolled,
+// their registers are taken by the accumulators).
+template <int HD, int DV, int BN, int UNROLL>
 __device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const cuda_seqlens &sl, int hk, int k0,
                                               int kmax, const int32_t *pages, uint16_t *dK, uint16_t *dV, int tid) {
     constexpr int QS = HD + 8, VS = DV + 8, CPR_K = HD / 8, CPR_V = DV / 8;
@@ -96,23 +106,37 @@ __device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const c
     static_assert(BN * CPR_K % ATTN_THREADS == 0 && BN * CPR_V % ATTN_THREADS == 0, "whole chunks per thread");
     const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
     const uint16_t *vb = (const uint16_t *)p.v + (int64_t)hk * p.v_sh;
-#pragma unroll 1
-    for (int it = 0; it < IT_K; it++) {
-        int idx = tid + it * ATTN_THREADS, rr = idx / CPR_K, c = idx % CPR_K, j = k0 + rr, x, y;
-        bool v = j < kmax;
-        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
-        v = v && c * 8 < p.d;
-        const uint16_t *src = v ? kb + (int64_t)x * p.k_sb + (int64_t)y * p.k_sr + c * 8 : (const uint16_t *)p.k;
-        cuda_cp_async16(cuda_smem_addr(dK + rr * QS + c * 8), src, v);
-    }
-#pragma unroll 1
-    for (int it = 0; it < IT_V; it++) {
-        int idx = tid + it * ATTN_THREADS, rr = idx / CPR_V, c = idx % CPR_V, j = k0 + rr, x, y;
-        bool v = j < kmax;
-        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
-        v = v && c * 8 < p.dv;
-        const uint16_t *src = v ? vb + (int64_t)x * p.v_sb + (int64_t)y * p.v_sr + c * 8 : (const uint16_t *)p.v;
-        cuda_cp_async16(cuda_smem_addr(dV + rr * VS + c * 8), src, v);
+    if constexpr (CPR_K == CPR_V) {
+#pragma unroll UNROLL
+        for (int it = 0; it < IT_K; it++) {
+            int idx = tid + it * ATTN_THREADS, rr = idx / CPR_K, c = idx % CPR_K, j = k0 + rr, x, y;
+            bool v = j < kmax;
+            attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+            bool vk = v && c * 8 < p.d, vv = v && c * 8 < p.dv;
+            const uint16_t *ks = vk ? kb + (int64_t)x * p.k_sb + (int64_t)y * p.k_sr + c * 8 : (const uint16_t *)p.k;
+            const uint16_t *vs = vv ? vb + (int64_t)x * p.v_sb + (int64_t)y * p.v_sr + c * 8 : (const uint16_t *)p.v;
+            cuda_cp_async16(cuda_smem_addr(dK + rr * QS + c * 8), ks, vk);
+            cuda_cp_async16(cuda_smem_addr(dV + rr * VS + c * 8), vs, vv);
+        }
+    } else {
+#pragma unroll UNROLL
+        for (int it = 0; it < IT_K; it++) {
+            int idx = tid + it * ATTN_THREADS, rr = idx / CPR_K, c = idx % CPR_K, j = k0 + rr, x, y;
+            bool v = j < kmax;
+            attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+            v = v && c * 8 < p.d;
+            const uint16_t *src = v ? kb + (int64_t)x * p.k_sb + (int64_t)y * p.k_sr + c * 8 : (const uint16_t *)p.k;
+            cuda_cp_async16(cuda_smem_addr(dK + rr * QS + c * 8), src, v);
+        }
+#pragma unroll UNROLL
+        for (int it = 0; it < IT_V; it++) {
+            int idx = tid + it * ATTN_THREADS, rr = idx / CPR_V, c = idx % CPR_V, j = k0 + rr, x, y;
+            bool v = j < kmax;
+            attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+            v = v && c * 8 < p.dv;
+            const uint16_t *src = v ? vb + (int64_t)x * p.v_sb + (int64_t)y * p.v_sr + c * 8 : (const uint16_t *)p.v;
+            cuda_cp_async16(cuda_smem_addr(dV + rr * VS + c * 8), src, v);
+        }
     }
 }
 
@@ -194,12 +218,15 @@ __device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq
 }
 
 // One finished row (token tok, head hq): out and lse, or split `split`'s partial. o (2,) columns
-// col, col + 1 (unnormalised), m in log2 units. cols: 2 (a column pair) or 1.
+// col, col + 1 (unnormalised), m in log2 units. cols: 2 (a column pair) or 1. poison: the
+// metadata check failed, out and lse get NaN.
 template <int BF>
 __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi, int64_t tok, int hq, int split,
-                                               int col, int cols, const float *o, float m, float l, bool write_lse) {
+                                               int col, int cols, const float *o, float m, float l, bool write_lse,
+                                               bool poison) {
     float lse = l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    if (poison && p.num_splits == 1) lse = inv = NAN;
     if (p.num_splits > 1) {
         float *dst = p.oacc + split * p.oa_ss + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col;
         dst[0] = o[0] * inv;
@@ -213,6 +240,62 @@ __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi
     }
 }
 
+// The fused split combine of the decode shape (pieces with counters): every CTA of a (sequence,
+// head, m-block) has stored its slot's partial rows; the last to arrive combines the num_splits
+// slots of those rows into out and lse (the rule of cuda_combine.cu) and re-arms the counter, so
+// no combine launch follows. sW: 16 x num_splits + 16 floats of shared memory (free K/V stages).
+template <int BF, int DV>
+__device__ __forceinline__ void attn_combine_slots(const cuda_attn_params &p, const cuda_seqlens &sl, int bi,
+                                                   int head, int hk, int g, int row0, int rows, int m_block,
+                                                   bool poison, float *sW, int tid) {
+    __shared__ int last;
+    __threadfence(); // this thread's partial stores are visible device-wide before the CTA counts itself
+    __syncthreads();
+    if (tid == 0) {
+        int32_t *c = p.counts + ((int64_t)bi * p.grid_heads + head) * p.num_m_blocks + m_block;
+        last = atomicAdd(c, 1) == p.num_splits - 1;
+        if (last) *c = 0; // every slot has arrived: armed for the next forward
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int W = p.num_splits, warp = tid >> 5, lane = tid & 31, nrow = min(16, rows - row0);
+    float *sLse = sW + 16 * W;
+    for (int r = warp; r < nrow; r += ATTN_WARPS) { // slot weights of row r (one warp a row)
+        int i, hq;
+        attn_row(p, row0 + r, g, head, hk, &i, &hq);
+        const float *lp = p.lacc + bi * p.la_sb + hq * p.la_sh + (sl.q_offset + i) * p.la_sr;
+        float *w = sW + r * W, M = -INFINITY, L = 0.0f;
+        for (int s = lane; s < W; s += 32) {
+            float v = __ldcg(lp + s * p.la_ss);
+            w[s] = v;
+            if (isfinite(v)) M = fmaxf(M, v);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        for (int s = lane; s < W; s += 32)
+            if (isfinite(w[s])) L += expf(w[s] - M);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        for (int s = lane; s < W; s += 32) w[s] = (M != -INFINITY && isfinite(w[s])) ? expf(w[s] - M) / L : -1.0f;
+        if (lane == 0) sLse[r] = M == -INFINITY ? -INFINITY : M + logf(L);
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nrow * DV; idx += ATTN_THREADS) {
+        int r = idx / DV, col = idx % DV, i, hq;
+        if (col >= p.dv) continue;
+        attn_row(p, row0 + r, g, head, hk, &i, &hq);
+        const int64_t tok = sl.q_offset + i;
+        const float *op = p.oacc + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col, *w = sW + r * W;
+        float acc = 0.0f;
+        for (int s = 0; s < W; s++)
+            if (w[s] >= 0.0f) acc += w[s] * __ldcg(op + s * p.oa_ss);
+        uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
+        *dst = cuda_from_f32<BF>(poison ? NAN : acc);
+        if (col == 0 && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = poison ? NAN : sLse[r];
+    }
+}
+
 template <int HD, int DV, int BF, int MT, int WSPLIT>
 __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_constant__ cuda_attn_params p) {
     static_assert(!WSPLIT || MT == 1, "the decode shape has one m16 tile");
@@ -221,9 +304,11 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     constexpr int QS = HD + 8, VS = DV + 8;
     constexpr int KSTEPS = HD / 16, NTW = KW / 8, PSW = KW / 16, OTILES = DV / 8, R2 = 2 * MT;
     constexpr bool Q_REGS = HD <= 128 && MT == 1; // more Q fragments would crowd out the accumulators
+    constexpr int KV_UNROLL = WSPLIT ? 4 : 1; // 8 and more spilled (d 128, ptxas 13.0)
     static_assert(NTW % 2 == 0 && PSW >= 1 && OTILES % 2 == 0, "tile shape");
     static_assert(!WSPLIT || (size_t)ATTN_WARPS * 16 * DV * 4 + 2 * 64 * 4 <= 2 * (size_t)NST * BN * (QS + VS),
                   "the decode merge fits in the K/V stages");
+    static_assert(!WSPLIT || (16 * 256 + 16) * 4 <= 2 * NST * BN * (QS + VS), "the fused combine's weights fit too");
 
     extern __shared__ uint4 attn_smem[];
     uint16_t *sQ = (uint16_t *)attn_smem;
@@ -242,19 +327,38 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     const int head = (int)(bid % p.grid_heads);
     const int bi = (int)(bid / p.grid_heads);
 
+    // Before any return: warp-collective, and every CTA reaches the same verdict.
+    const bool poison = !cuda_meta_ok(p.meta);
+
     const cuda_seqlens sl = cuda_seqlens_get(p.seq, bi);
     const int g = p.pack_gqa ? p.g : 1;
     const int seqlen_q = max(sl.seqlen_q, 0), seqlen_k = max(sl.seqlen_k, 0);
     const int rows = seqlen_q * g, row0 = m_block * BM;
     if (row0 >= rows) return;
     const int hk = p.pack_gqa ? head : head / p.g;
-    const int n_b = p.splits_dyn ? p.splits_dyn[bi] : p.num_splits;
-    if (split >= n_b) {
-        attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
-        return;
+
+    // The CTA's keys before splitting: from the first row's lo to the last row's hi (both
+    // non-decreasing in the row).
+    int64_t lo_f, hi_f, lo_l, hi_l;
+    {
+        int i_first = row0 / g, i_last = (min(row0 + BM, rows) - 1) / g;
+        cuda_mask_range(p.mask, i_first, seqlen_q, seqlen_k, &lo_f, &hi_f);
+        cuda_mask_range(p.mask, i_last, seqlen_q, seqlen_k, &lo_l, &hi_l);
     }
     int64_t slo = 0, shi = seqlen_k;
-    if (p.num_splits > 1) cuda_split_range(seqlen_k, p.split_block_n, n_b, split, &slo, &shi);
+    if (p.num_splits > 1 && p.pieces) { // slot `split` takes its run of whole tiles of [lo_f, hi_l)
+        int64_t tiles = hi_l > lo_f ? (hi_l - lo_f + BN - 1) / BN : 0;
+        int64_t per = (tiles + p.num_splits - 1) / p.num_splits;
+        slo = min(lo_f + split * per * BN, max(hi_l, lo_f));
+        shi = min(hi_l, slo + per * BN);
+    } else if (p.num_splits > 1) {
+        const int n_b = p.splits_dyn ? p.splits_dyn[bi] : p.num_splits;
+        if (split >= n_b) {
+            attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
+            return;
+        }
+        cuda_split_range(seqlen_k, p.split_block_n, n_b, split, &slo, &shi);
+    }
 
     // This thread's rows (accumulator rows lane/4 and lane/4 + 8 of each of its m16 tiles):
     // visible keys within the split. flo/fhi: keys visible to every valid row of the warp.
@@ -283,36 +387,35 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
         flo = max(flo, __shfl_xor_sync(0xffffffffu, flo, o));
         fhi = min(fhi, __shfl_xor_sync(0xffffffffu, fhi, o));
     }
-    // The CTA's keys: from the first row's lo to the last row's hi (both non-decreasing in the row).
-    int kmin, kmax;
-    {
-        int i_first = row0 / g, i_last = (min(row0 + BM, rows) - 1) / g;
-        int64_t lo_f, hi_f, lo_l, hi_l;
-        cuda_mask_range(p.mask, i_first, seqlen_q, seqlen_k, &lo_f, &hi_f);
-        cuda_mask_range(p.mask, i_last, seqlen_q, seqlen_k, &lo_l, &hi_l);
-        kmin = (int)max(lo_f, slo);
-        kmax = (int)min(hi_l, shi);
-    }
+    const int kmin = (int)max(lo_f, slo), kmax = (int)min(hi_l, shi);
     const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
     const bool warp_active = row0 + wrow0 < rows;
 
-    // Prologue: Q and the page ids of tiles 0 .. NST - 1; then K/V of tiles 0 .. NST - 2 and the page
-    // ids of tiles NST .. 2 NST - 3 (into the rows just read, hence the barrier); all waited for.
-    attn_load_q<HD, BF, BM>(p, sl, bi, head, hk, g, row0, rows, sQ, tid);
-    if (p.page_table)
+    // Prologue. Paged: Q and the page ids of tiles 0 .. NST - 1, waited for (the K/V addresses need
+    // them). Then K/V of tiles 0 .. NST - 2, one cp.async group each (Q rides in tile 0's group when
+    // not paged), with the page ids of tiles NST .. 2 NST - 3 in the last group (into the page rows
+    // just read, hence the barrier); the loop's first wait then needs tile 0 only. An empty range
+    // (a slot with no keys) skips Q.
+    if (n_tiles > 0) attn_load_q<HD, BF, BM>(p, sl, bi, head, hk, g, row0, rows, sQ, tid);
+    if (p.page_table) {
         for (int u = 0; u < NST && u < n_tiles; u++) attn_issue_pages<BN>(p, sl, kmin + u * BN, kmax, sPage + u * BN, tid);
-    cuda_cp_async_commit();
-    cuda_cp_async_wait_all();
-    __syncthreads();
-    for (int u = 0; u < NST - 1 && u < n_tiles; u++)
-        attn_issue_kv<HD, DV, BN>(p, sl, hk, kmin + u * BN, kmax, sPage + u * BN, sK + u * BN * QS, sV + u * BN * VS, tid);
-    if (p.page_table && n_tiles > NST) {
+        cuda_cp_async_commit();
+        cuda_cp_async_wait_all();
         __syncthreads();
-        for (int u = NST; u < 2 * NST - 2 && u < n_tiles; u++)
-            attn_issue_pages<BN>(p, sl, kmin + u * BN, kmax, sPage + (u % NST) * BN, tid);
     }
-    cuda_cp_async_commit();
-    cuda_cp_async_wait_all();
+#pragma unroll
+    for (int u = 0; u < NST - 1; u++) {
+        if (u < n_tiles)
+            attn_issue_kv<HD, DV, BN, KV_UNROLL>(p, sl, hk, kmin + u * BN, kmax, sPage + u * BN, sK + u * BN * QS,
+                                                 sV + u * BN * VS, tid);
+        if (u == NST - 2 && p.page_table && n_tiles > NST) {
+            __syncthreads();
+            for (int w = NST; w < 2 * NST - 2 && w < n_tiles; w++)
+                attn_issue_pages<BN>(p, sl, kmin + w * BN, kmax, sPage + (w % NST) * BN, tid);
+        }
+        cuda_cp_async_commit();
+    }
+    cuda_cp_async_wait<NST - 2>();
     __syncthreads();
 
     uint32_t qf[Q_REGS ? KSTEPS : 1][4];
@@ -341,8 +444,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
         __syncthreads();
         const int u = t + NST - 1, w = t + 2 * NST - 2;
         if (u < n_tiles)
-            attn_issue_kv<HD, DV, BN>(p, sl, hk, kmin + u * BN, kmax, sPage + (u % NST) * BN, sK + (u % NST) * BN * QS,
-                                      sV + (u % NST) * BN * VS, tid);
+            attn_issue_kv<HD, DV, BN, KV_UNROLL>(p, sl, hk, kmin + u * BN, kmax, sPage + (u % NST) * BN,
+                                                 sK + (u % NST) * BN * QS, sV + (u % NST) * BN * VS, tid);
         if (p.page_table && w < n_tiles) attn_issue_pages<BN>(p, sl, kmin + w * BN, kmax, sPage + (w % NST) * BN, tid);
         cuda_cp_async_commit();
         if (!warp_active) continue;
@@ -488,7 +591,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                 int col = ot * 8 + 2 * (lane & 3);
                 if (col < p.dv)
                     attn_store_row<BF>(p, bi, tok, rhq[ri], split, col, 2, &oacc[mt][ot][h2], m[ri], l[ri],
-                                       ot == 0 && (lane & 3) == 0);
+                                       ot == 0 && (lane & 3) == 0, poison);
             }
         }
     } else {
@@ -526,8 +629,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
             }
             attn_row(p, R, g, head, hk, &i, &hq);
             if (sink) o *= attn_add_sink(p, hq, &M, &L);
-            attn_store_row<BF>(p, bi, sl.q_offset + i, hq, split, col, 1, &o, M, L, col == 0);
+            attn_store_row<BF>(p, bi, sl.q_offset + i, hq, split, col, 1, &o, M, L, col == 0, poison);
         }
+        if (p.counts) attn_combine_slots<BF, DV>(p, sl, bi, head, hk, g, row0, rows, m_block, poison, (float *)sK, tid);
     }
 }
 
@@ -546,10 +650,17 @@ static cudaError_t attn_prepare(void) {
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem_bytes(HD, DV, MT, WSPLIT));
 }
 
+template <int HD, int DV, int BF, int MT, int WSPLIT>
+static cudaError_t attn_occupancy(int *ctas_per_sm) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>,
+                                                         ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT));
+}
+
 #define ATTN_KERNEL_ENTRY(HD, DV, BF, MT, WSPLIT, NAME)                                                               \
     {                                                                                                                \
         HD, DV, BF, WSPLIT, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT), attn_block_m(MT, WSPLIT),                    \
-            attn_launch<HD, DV, BF, MT, WSPLIT>, attn_prepare<HD, DV, BF, MT, WSPLIT>                                \
+            attn_block_n(HD, MT, WSPLIT), attn_launch<HD, DV, BF, MT, WSPLIT>, attn_prepare<HD, DV, BF, MT, WSPLIT>, \
+            attn_occupancy<HD, DV, BF, MT, WSPLIT>                                                                   \
     }
 
 // The kernels of one (head-dim bucket, dv bucket): many rows (MT m16 tiles a warp) and decode, bf16 and f16.

@@ -2,7 +2,11 @@
 // the forward's order of launches on the context's stream:
 //   nothing to do (total_q == 0 or h_k == 0)      -> no launch
 //   no keys at all (total_k + total_new == 0)     -> fill out 0, lse +inf
-//   otherwise: append (k_new) -> split counts (varlen with S > 1) -> attention -> combine (S > 1)
+//   otherwise: append (k_new) -> split counts (exact splits of a varlen call without metadata)
+//              -> attention -> combine (W > 1 slots, unless the decode kernel combines itself)
+// A forward can be captured into a CUDA graph: it allocates and synchronises nothing once the
+// context's workspace is large enough (an earlier forward outside capture sized it), and checks
+// scheduler_metadata on the device instead of on the host (include/fa3c.h, fa3c_fwd).
 // Shape legend as in include/fa3c.h (b, s_q, s_k, s_new, h, h_k, d, dv, S).
 #include "cuda/cuda_internal.cuh"
 
@@ -62,6 +66,25 @@ static int32_t kernel_find(int hd, int dv, int bf16, int decode) {
 
 static bool cuda_available(void) { return fa3c_cuda_device_count() > 0; }
 
+// $FA3C_CUDA_SPLIT: exact, fill (default) or max (cuda_internal.cuh, CUDA_SPLIT_*).
+static fa3c_status split_mode_from_env(int *mode) {
+    const char *v = getenv("FA3C_CUDA_SPLIT");
+    if (!v || !*v || strcmp(v, "fill") == 0) *mode = CUDA_SPLIT_FILL;
+    else if (strcmp(v, "exact") == 0) *mode = CUDA_SPLIT_EXACT;
+    else if (strcmp(v, "max") == 0) *mode = CUDA_SPLIT_MAX;
+    else return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "FA3C_CUDA_SPLIT: expected exact, fill or max, got \"%s\"", v);
+    return FA3C_OK;
+}
+
+static void state_free(cuda_state *st) {
+    if (st->ws.ptr) cudaFree(st->ws.ptr);
+    if (st->counts.ptr) cudaFree(st->counts.ptr);
+    for (int i = 0; i < st->n_retired; i++) cudaFree(st->retired[i]);
+    free(st->retired);
+    free(st->occupancy);
+    free(st);
+}
+
 static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_options *opt) {
     int n = fa3c_cuda_device_count();
     if (opt->device_index >= n)
@@ -73,21 +96,31 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     if (prop.major < 8)
         return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: device %d (%s) has compute capability %d.%d; the cuda "
                          "backend needs 8.0 or newer", (int)opt->device_index, prop.name, prop.major, prop.minor);
+    int split_mode;
+    FA3C_TRY(split_mode_from_env(&split_mode));
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
-    if (!st) return fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "cuda: context state: out of memory");
+    int *occ = (int *)calloc((size_t)KERNEL_GROUPS * 8, sizeof(int));
+    if (!st || !occ) {
+        free(st);
+        free(occ);
+        return fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "cuda: context state: out of memory");
+    }
     st->device = opt->device_index;
     st->num_sm = prop.multiProcessorCount;
     st->cc_major = prop.major;
     st->cc_minor = prop.minor;
     st->smem_optin = prop.sharedMemPerBlockOptin;
-    // The shared-memory opt-in is a per-device property of each kernel.
+    st->occupancy = occ;
+    st->split_mode = split_mode;
+    // The shared-memory opt-in is a per-device property of each kernel; the occupancy follows it.
     for (int gi = 0; gi < KERNEL_GROUPS; gi++)
         for (int ki = 0; ki < kernel_group_size[gi]; ki++) {
             const cuda_attn_kernel *k = &kernel_groups[gi][ki];
             if (k->smem > st->smem_optin) continue;
             cudaError_t err = k->prepare();
+            if (err == cudaSuccess) err = k->occupancy(&occ[gi * 8 + ki]);
             if (err != cudaSuccess) {
-                free(st);
+                state_free(st);
                 return cuda_fail(err, k->name);
             }
         }
@@ -99,8 +132,8 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
 static void cuda_context_free(fa3c_context *ctx) {
     cuda_state *st = state_of(ctx);
     if (!st) return;
-    if (st->ws && cudaSetDevice(st->device) == cudaSuccess) cudaFree(st->ws);
-    free(st);
+    cudaSetDevice(st->device); // the blocks belong to this device
+    state_free(st);
     ctx->backend_state = NULL;
 }
 
@@ -135,18 +168,42 @@ static fa3c_status cuda_synchronize(fa3c_context *ctx) {
     return FA3C_OK;
 }
 
-// The workspace grows to `bytes` (never shrinks). cudaFree waits for the device, so work still
-// queued on the old workspace finishes first.
-static fa3c_status workspace(fa3c_context *ctx, size_t bytes, void **ws) {
+// Device memory of at least `bytes` from buf (cuda_buffer: grows, never shrinks; zero-filled when
+// `zero`). Growing is impossible while the stream is being captured into a CUDA graph (the
+// allocation and the free of the old block would synchronise): such a forward fails before it
+// launches anything, and the caller warms the context up with one forward of the largest shape
+// outside capture. A block a captured forward has used is retired, not freed, when it is replaced.
+// Outside capture cudaFree waits for the device, so work still queued on the old block finishes.
+static fa3c_status buffer_get(fa3c_context *ctx, cuda_buffer *buf, size_t bytes, bool capturing, bool zero,
+                              const char *what, void **ptr) {
     cuda_state *st = state_of(ctx);
-    if (bytes > st->ws_bytes) {
-        if (st->ws) CUDA_TRY(cudaFree(st->ws), "workspace (cudaFree)");
-        st->ws = NULL;
-        st->ws_bytes = 0;
-        CUDA_TRY(cudaMalloc(&st->ws, bytes), "workspace (cudaMalloc)");
-        st->ws_bytes = bytes;
+    if (bytes > buf->bytes) {
+        if (capturing)
+            return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: this forward needs %zu bytes of %s, the context holds %zu; "
+                             "a forward being captured into a CUDA graph cannot allocate: run one forward of the "
+                             "largest shape the graphs will hold on this context before capturing", bytes, what,
+                             buf->bytes);
+        if (buf->ptr && buf->pinned) {
+            if (st->n_retired == st->cap_retired) {
+                int cap = st->cap_retired ? 2 * st->cap_retired : 4;
+                void **r = (void **)realloc(st->retired, (size_t)cap * sizeof *r);
+                if (!r) return fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "cuda: %s: out of host memory", what);
+                st->retired = r;
+                st->cap_retired = cap;
+            }
+            st->retired[st->n_retired++] = buf->ptr;
+        } else if (buf->ptr) {
+            CUDA_TRY(cudaFree(buf->ptr), "workspace (cudaFree)");
+        }
+        buf->ptr = NULL;
+        buf->bytes = 0;
+        buf->pinned = false;
+        CUDA_TRY(cudaMalloc(&buf->ptr, bytes), "workspace (cudaMalloc)");
+        buf->bytes = bytes;
+        if (zero) CUDA_TRY(cudaMemsetAsync(buf->ptr, 0, bytes, stream_of(ctx)), "workspace (cudaMemsetAsync)");
     }
-    *ws = st->ws;
+    if (capturing) buf->pinned = true;
+    *ptr = buf->ptr;
     return FA3C_OK;
 }
 
@@ -320,10 +377,10 @@ static void partials_in_workspace(const fa3c_problem *p, float *out, float *lse,
     pt->o_ss = pt->l_ss * p->dv;
 }
 
-// Per-sequence split counts from args->scheduler_metadata (device memory): its header and split
-// vector are copied to the host and checked against this call's signature. This copy is a host
-// sync point (it breaks CUDA-graph capture); it goes once the signature is checked on the device.
-static fa3c_status metadata_splits(fa3c_context *ctx, const fa3c_problem *p, const int32_t **splits) {
+// args->scheduler_metadata outside capture: its header and split vector come to the host and are
+// checked against this call's signature (fa3c_sched_verify names the differing field). The copy
+// synchronises with the stream, which is why a captured forward checks on the device instead.
+static fa3c_status metadata_verify(fa3c_context *ctx, const fa3c_problem *p) {
     const fa3c_tensor *t = &p->args->scheduler_metadata;
     int64_t n = t->shape[0], want = FA3C_SCHED_HEADER + p->b;
     int64_t copy = n < want ? (n < FA3C_SCHED_HEADER ? 0 : n) : want;
@@ -337,17 +394,78 @@ static fa3c_status metadata_splits(fa3c_context *ctx, const fa3c_problem *p, con
     fa3c_status st = err != cudaSuccess ? cuda_fail(err, "scheduler_metadata (copy to host)")
                                         : fa3c_sched_verify(p, copy > 0 ? host : NULL, n, false);
     free(host);
-    *splits = (const int32_t *)t->data + FA3C_SCHED_HEADER;
     return st;
+}
+
+// args->scheduler_metadata during capture: the size is checked here, the header on the device at
+// every replay (cuda_meta_check). The expected header is the one fa3c_sched_compute writes for
+// this call's signature; it is computed from a copy of the call whose length tensors are host
+// zeros, and again with ones: the slots that differ hold the length hash and stay unchecked, since
+// metadata recomputed for new lengths between replays is what a captured decode step is given.
+static fa3c_status metadata_expect(const fa3c_problem *p, cuda_meta_check *mc) {
+    const fa3c_tensor *t = &p->args->scheduler_metadata;
+    int64_t need = fa3c_sched_size(p);
+    if (t->shape[0] != need)
+        return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT,
+                         "scheduler_metadata: has %lld elements, this call needs %lld (metadata_size)",
+                         (long long)t->shape[0], (long long)need);
+    fa3c_fwd_args a = *p->args;
+    fa3c_tensor *lengths[] = {&a.cu_seqlens_q, &a.cu_seqlens_k, &a.cu_seqlens_k_new, &a.seqused_q,
+                              &a.seqused_k,    &a.leftpad_k,    &a.kv_batch_idx,     &a.seqlens_rotary};
+    int64_t most = 1;
+    for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++)
+        if (fa3c_present(lengths[i]) && fa3c_numel(lengths[i]) > most) most = fa3c_numel(lengths[i]);
+    int32_t *buf = (int32_t *)malloc((size_t)(most + 2 * need) * sizeof(int32_t));
+    if (!buf) return fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "cuda: scheduler_metadata check: out of memory");
+    int32_t *vals = buf, *meta[2] = {buf + most, buf + most + need};
+    fa3c_problem q = *p;
+    q.args = &a;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int64_t i = 0; i < most; i++) vals[i] = pass;
+        for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+            if (!fa3c_present(lengths[i])) continue;
+            lengths[i]->data = vals;
+            lengths[i]->stride[0] = 1;
+            lengths[i]->device_type = FA3C_DEVICE_CPU;
+            lengths[i]->device_index = 0;
+        }
+        fa3c_sched_compute(&q, meta[pass]);
+    }
+    mc->meta = (const int32_t *)t->data;
+    mc->mask = 0;
+    for (int i = 0; i < FA3C_SCHED_HEADER; i++) {
+        mc->expect[i] = meta[0][i];
+        if (meta[0][i] == meta[1][i]) mc->mask |= 1u << i;
+    }
+    free(buf);
+    return FA3C_OK;
+}
+
+// Slots (CTAs per sequence, head and m-block) of a split forward in pieces mode: one pass of
+// resident CTAs over the GPU (W = SMs x CTAs an SM holds / CTAs of one slot), at least S in max
+// mode, at most one per tile of the longest sequence and 256 (the combine's limit).
+static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t kernel_id, const cuda_attn_kernel *k,
+                          int64_t num_m) {
+    int64_t base = p->b * (p->pack_gqa ? p->h_k : p->h) * num_m;
+    int64_t w = (int64_t)p->num_sm * st->occupancy[kernel_id] / (base > 0 ? base : 1);
+    if (st->split_mode == CUDA_SPLIT_MAX && w < p->num_splits) w = p->num_splits;
+    int64_t tiles = (p->s_k + k->block_n - 1) / k->block_n;
+    if (w > tiles) w = tiles;
+    if (w > 256) w = 256;
+    return (int32_t)(w > 1 ? w : 1);
 }
 
 static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c_sched_plan *plan,
                             const fa3c_kernel_choice *choice) {
     (void)plan; // device contexts get no host plan: split counts are computed below
     const fa3c_fwd_args *a = p->args;
+    cuda_state *cst = state_of(ctx);
     cudaStream_t stream = stream_of(ctx);
     FA3C_TRY(use_device(ctx));
     if (p->total_q == 0 || p->h_k == 0) return FA3C_OK;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_TRY(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+    const bool capturing = capture != cudaStreamCaptureStatusNone;
     if (p->no_keys) {
         CUDA_TRY(cuda_fill_launch(&a->out, 0.0f, stream), "fill out");
         if (fa3c_present(&a->softmax_lse)) CUDA_TRY(cuda_fill_launch(&a->softmax_lse, INFINITY, stream), "fill lse");
@@ -357,32 +475,45 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     if (!kern) return fa3c_fail(FA3C_ERROR_INTERNAL, "cuda: kernel choice %d is not a cuda kernel", (int)choice->kernel);
     cuda_seq_params seq = seq_params(p);
     const int32_t S = p->num_splits;
-    const bool dyn = p->is_varlen && S > 1, have_meta = fa3c_present(&a->scheduler_metadata);
-    const bool user_accum = fa3c_present(&a->out_accum);
+    const bool have_meta = fa3c_present(&a->scheduler_metadata), user_accum = fa3c_present(&a->out_accum);
+    const int64_t g = p->h / p->h_k, grid_heads = p->pack_gqa ? p->h_k : p->h;
+    const int64_t num_m = (p->s_q * (p->pack_gqa ? g : 1) + kern->block_m - 1) / kern->block_m;
 
-    const int32_t *splits = NULL;
-    if (dyn && have_meta) FA3C_TRY(metadata_splits(ctx, p, &splits));
+    cuda_meta_check mc;
+    memset(&mc, 0, sizeof mc);
+    if (have_meta) FA3C_TRY(capturing ? metadata_expect(p, &mc) : metadata_verify(ctx, p));
+
+    // W slots: FA3's S splits (exact), or pieces when the partials stay internal.
+    const bool pieces = S > 1 && !user_accum && cst->split_mode != CUDA_SPLIT_EXACT;
+    const int32_t W = pieces ? pieces_for(cst, p, choice->kernel, kern, num_m) : S;
+    const bool exact_dyn = !pieces && S > 1 && p->is_varlen; // per-sequence split counts n_b
+    const bool fused = pieces && W > 1 && kern->decode;     // the last CTA of a slot group combines
 
     // Workspace: [split counts (b, 16-byte padded)] [partial out] [partial lse].
     size_t off_splits = 0, off_out = 0, off_lse = 0, bytes = 0;
-    if (dyn && !have_meta) {
+    if (exact_dyn && !have_meta) {
         off_splits = bytes;
         bytes += ((size_t)p->b * sizeof(int32_t) + 15) / 16 * 16;
     }
     int64_t rows = p->varlen_q ? p->total_q : p->b * p->s_q;
-    if (S > 1 && !user_accum) {
+    if (W > 1 && !user_accum) {
         off_out = bytes;
-        bytes += (size_t)S * p->h * rows * p->dv * sizeof(float);
+        bytes += (size_t)W * p->h * rows * p->dv * sizeof(float);
         off_lse = bytes;
-        bytes += (size_t)S * p->h * rows * sizeof(float);
+        bytes += (size_t)W * p->h * rows * sizeof(float);
     }
     char *ws = NULL;
-    if (bytes) FA3C_TRY(workspace(ctx, bytes, (void **)&ws));
+    int32_t *counts = NULL;
+    if (bytes) FA3C_TRY(buffer_get(ctx, &cst->ws, bytes, capturing, false, "workspace", (void **)&ws));
+    if (fused)
+        FA3C_TRY(buffer_get(ctx, &cst->counts, (size_t)p->b * grid_heads * num_m * sizeof(int32_t), capturing, true,
+                            "split counters", (void **)&counts));
 
     if (p->append) FA3C_TRY(run_append(ctx, p, &seq));
 
-    int64_t g = p->h / p->h_k;
-    if (dyn && !have_meta) {
+    const int32_t *splits = NULL;
+    if (exact_dyn && have_meta) splits = (const int32_t *)a->scheduler_metadata.data + FA3C_SCHED_HEADER;
+    if (exact_dyn && !have_meta) {
         cuda_prepare_params pp;
         pp.seq = seq;
         pp.b = (int32_t)p->b;
@@ -391,7 +522,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         pp.block_n = p->block_n;
         pp.num_splits = S;
         pp.num_sm = p->num_sm;
-        pp.heads = (int32_t)(p->pack_gqa ? p->h_k : p->h);
+        pp.heads = (int32_t)grid_heads;
         pp.splits = (int32_t *)(ws + off_splits);
         CUDA_TRY(cuda_prepare_launch(&pp, stream), "prepare kernel launch");
         splits = pp.splits;
@@ -399,7 +530,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
 
     partials pt;
     memset(&pt, 0, sizeof pt);
-    if (S > 1) {
+    if (W > 1) {
         if (user_accum) partials_from_tensors(p, &pt);
         else partials_in_workspace(p, (float *)(ws + off_out), (float *)(ws + off_lse), &pt);
     }
@@ -443,8 +574,8 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.d = (int32_t)p->d;
     ap.dv = (int32_t)p->dv;
     ap.pack_gqa = p->pack_gqa;
-    ap.grid_heads = (int32_t)(p->pack_gqa ? p->h_k : p->h);
-    ap.num_m_blocks = (int32_t)((p->s_q * (p->pack_gqa ? g : 1) + kern->block_m - 1) / kern->block_m);
+    ap.grid_heads = (int32_t)grid_heads;
+    ap.num_m_blocks = (int32_t)num_m;
     ap.scale_log2 = p->scale * 1.4426950408889634f;
     ap.softcap = p->softcap;
     ap.softcap_scale = p->softcap > 0.0f ? p->scale / p->softcap : 0.0f;
@@ -459,12 +590,15 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         ap.rot_interleaved = p->rotary_interleaved;
         ap.rot_per_row = p->is_causal || p->is_local;
     }
-    ap.num_splits = S;
+    ap.num_splits = W;
     ap.split_block_n = p->block_n;
+    ap.pieces = pieces;
     ap.splits_dyn = splits;
+    ap.counts = counts;
+    if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
     if (ap.num_m_blocks > 0) CUDA_TRY(kern->launch(&ap, stream), kern->name);
 
-    if (S > 1) {
+    if (W > 1 && !fused) {
         cuda_combine_params cp;
         memset(&cp, 0, sizeof cp);
         cp.op = pt.out;
@@ -476,7 +610,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         cp.lp_ss = pt.l_ss, cp.lp_sb = pt.l_sb, cp.lp_sr = pt.l_sr, cp.lp_sh = pt.l_sh;
         cp.o_sb = ap.o_sb, cp.o_sr = ap.o_sr, cp.o_sh = ap.o_sh;
         cp.l_sb = ap.l_sb, cp.l_sr = ap.l_sr, cp.l_sh = ap.l_sh;
-        cp.S = S;
+        cp.S = W;
         cp.b = (int32_t)p->b;
         cp.s = (int32_t)p->s_q;
         cp.h = (int32_t)p->h;
@@ -484,6 +618,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         cp.fwd = 1;
         cp.seq = seq;
         cp.splits_dyn = splits;
+        cp.meta = mc;
         CUDA_TRY(cuda_combine_launch(&cp, stream), "combine kernel launch");
     }
     return FA3C_OK;

@@ -17,11 +17,17 @@ __global__ void __launch_bounds__(COMBINE_WARPS * 32) combine_kernel(const __gri
     const int bi = (int)(idx / per_b), i = (int)(idx % per_b / p.h), hq = (int)(idx % p.h);
     int64_t tok = i;
     int S = p.S;
+    bool poison = false; // the forward's metadata failed its device check: NaN instead of an answer
     if (p.fwd) {
         cuda_seqlens sl = cuda_seqlens_get(p.seq, bi);
         if (i >= sl.seqlen_q) return;
         tok = (int64_t)sl.q_offset + i;
-        if (p.splits_dyn) S = min(S, p.splits_dyn[bi]);
+        poison = !cuda_meta_ok(p.meta);
+        if (p.splits_dyn) {
+            int n = p.splits_dyn[bi];
+            poison = poison || n < 1 || n > S;
+            S = min(S, max(n, 0));
+        }
     }
     float *w = sw[warp];
     const float *lp = p.lp + bi * p.lp_sb + tok * p.lp_sr + hq * p.lp_sh;
@@ -47,9 +53,10 @@ __global__ void __launch_bounds__(COMBINE_WARPS * 32) combine_kernel(const __gri
         float acc = 0.0f;
         for (int s = 0; s < S; s++)
             if (w[s] >= 0.0f) acc += w[s] * op[s * p.op_ss + c];
-        cuda_store_float(p.out, p.out_dtype, ob + c, acc);
+        cuda_store_float(p.out, p.out_dtype, ob + c, poison ? NAN : acc);
     }
-    if (lane == 0 && p.lse) p.lse[bi * p.l_sb + tok * p.l_sr + hq * p.l_sh] = M == -INFINITY ? -INFINITY : M + logf(L);
+    if (lane == 0 && p.lse)
+        p.lse[bi * p.l_sb + tok * p.l_sr + hq * p.l_sh] = poison ? NAN : M == -INFINITY ? -INFINITY : M + logf(L);
 }
 
 cudaError_t cuda_combine_launch(const cuda_combine_params *p, cudaStream_t stream) {

@@ -17,12 +17,33 @@
 // ---------------------------------------------------------------------------------------------
 // Context state and errors (cuda_backend.cu)
 
+// Device memory a forward reuses from call to call. It grows outside CUDA-graph capture only; once
+// a captured forward has used it (pinned), a later growth retires the old block instead of freeing
+// it, because the captured graph keeps pointing there (retired blocks are freed with the context).
+typedef struct cuda_buffer {
+    void  *ptr;
+    size_t bytes;
+    bool   pinned;
+} cuda_buffer;
+
 typedef struct cuda_state {
     int    device, num_sm, cc_major, cc_minor;
-    size_t smem_optin; // largest dynamic shared memory a block may opt into
-    void  *ws;         // workspace: dynamic split counts and split partials when out_accum is absent
-    size_t ws_bytes;
+    size_t smem_optin;  // largest dynamic shared memory a block may opt into
+    cuda_buffer ws;     // split counts and split partials (when out_accum is absent)
+    cuda_buffer counts; // arrival counters of the fused split combine: zero between forwards
+    void  **retired;    // blocks replaced while a captured graph may still use them
+    int     n_retired, cap_retired;
+    int    *occupancy;  // resident CTAs per SM of each attention kernel (by kernel id)
+    int     split_mode; // CUDA_SPLIT_* ($FA3C_CUDA_SPLIT at context creation)
 } cuda_state;
+
+// How a forward with S > 1 and no out_accum spreads the keys over CTAs ($FA3C_CUDA_SPLIT):
+//   exact  FA3's partition: n_b splits of ceil(blocks / n_b) key blocks of block_n (SEMANTICS.md);
+//   fill   (default) W pieces of whole tiles with W such that b * heads * W CTAs fill the GPU once
+//          (W = 1: no partials, no combine);
+//   max    as fill with W >= S.
+// With out_accum the partials are visible, and the exact partition is always used.
+enum { CUDA_SPLIT_FILL = 0, CUDA_SPLIT_EXACT = 1, CUDA_SPLIT_MAX = 2 };
 
 // FA3C_ERROR_OUT_OF_MEMORY for allocation failures, else FA3C_ERROR_DEVICE, naming `what`.
 fa3c_status cuda_fail(cudaError_t err, const char *what);
@@ -119,6 +140,27 @@ __device__ __forceinline__ void cuda_split_range(int64_t seqlen_k, int block_n, 
     int64_t l = (int64_t)s * per * block_n, h = l + per * block_n;
     *lo = l < seqlen_k ? l : seqlen_k;
     *hi = h < seqlen_k ? h : seqlen_k;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduler metadata checked on the device (CUDA-graph capture, where the host cannot read it):
+// header slot i must equal expect[i] for every bit i of mask (the length-hash slots are left out:
+// metadata recomputed for new lengths between graph replays stays valid). A forward whose metadata
+// fails the check writes NaN into out and lse instead of an answer.
+typedef struct cuda_meta_check {
+    const int32_t *meta; // (FA3C_SCHED_HEADER + ...) on the device; NULL: no check
+    int32_t        expect[FA3C_SCHED_HEADER];
+    uint32_t       mask;
+} cuda_meta_check;
+
+static_assert(FA3C_SCHED_HEADER == 32, "one header slot per lane");
+
+// Warp-collective (all 32 lanes): true when there is nothing to check or the header matches.
+__device__ __forceinline__ bool cuda_meta_ok(const cuda_meta_check &c) {
+    if (!c.meta) return true;
+    const int lane = threadIdx.x & 31;
+    bool ok = !((c.mask >> lane) & 1u) || __ldcg(c.meta + lane) == c.expect[lane];
+    return __all_sync(0xffffffffu, ok);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,8 +282,16 @@ typedef struct cuda_attn_params {
     int32_t sinks_dtype;
     const void *rot_cos, *rot_sin;         // (s_ro, rotary_dim / 2), dtype of q; NULL: no q rotary
     int32_t rotary_dim, rot_interleaved, rot_per_row;
-    int32_t num_splits, split_block_n;     // static S; key block of the split partition (p->block_n)
+    // Splits: num_splits CTAs (slots) per (sequence, head, m-block); 1 writes out/lse directly.
+    //   exact  (pieces 0) slot s is FA3's split s of n_b (splits_dyn[bi], or num_splits), keys cut
+    //          at split_block_n; slots >= n_b hold out 0 / lse -inf;
+    //   pieces (pieces 1) the CTA's visible keys in num_splits runs of whole tiles; the result is
+    //          the combine of all slots (empty ones hold lse -inf). counts != NULL (decode shape):
+    //          the last CTA of each (sequence, head, m-block) to finish combines the slots itself.
+    int32_t num_splits, split_block_n, pieces;
     const int32_t *splits_dyn;             // (b,) per-sequence split counts, or NULL (all S)
+    int32_t *counts;                       // (b, grid_heads, num_m_blocks) arrival counters, or NULL
+    cuda_meta_check meta;                  // checked when out/lse are written here
 } cuda_attn_params;
 
 typedef struct cuda_attn_kernel {
@@ -249,9 +299,10 @@ typedef struct cuda_attn_kernel {
     int         decode;     // 1: the few-rows variant (16 rows, the 4 warps split each key tile)
     const char *name;
     size_t      smem;       // dynamic shared memory per block
-    int         block_m;
+    int         block_m, block_n;
     cudaError_t (*launch)(const cuda_attn_params *p, cudaStream_t stream);
     cudaError_t (*prepare)(void); // raises the kernel's dynamic shared memory limit (per device)
+    cudaError_t (*occupancy)(int *ctas_per_sm); // after prepare
 } cuda_attn_kernel;
 
 #define CUDA_ATTN_KERNELS_PER_BUCKET 4 // {many rows, decode} x {bf16, f16}
@@ -276,7 +327,8 @@ typedef struct cuda_combine_params {
     int32_t S, b, s, h, dv;
     int32_t fwd;
     cuda_seq_params seq;
-    const int32_t  *splits_dyn;
+    const int32_t  *splits_dyn; // fwd: (b,) split counts, each checked to lie in [1, S]; NULL: S
+    cuda_meta_check meta;       // fwd
 } cuda_combine_params;
 
 cudaError_t cuda_combine_launch(const cuda_combine_params *p, cudaStream_t stream);
