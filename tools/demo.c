@@ -6,7 +6,9 @@
  * varlen kvcache call that appends the prompt's K/V into the cache (cu_seqlens_k_new) and attends
  * causally; each decode step then appends one token per request and attends over the whole cache.
  * Sampled output rows are checked against a float64 attention over the demo's own copy of the
- * keys and values, computed here independently of any backend.
+ * keys and values, computed here independently of any backend. Buffers live on the context's
+ * device (fa3c_device_alloc/copy: host memory for CPU backends, GPU memory for cuda); only the
+ * forward calls are timed.
  */
 #include "tools/tools.h"
 
@@ -25,9 +27,11 @@ typedef struct demo_opts {
 typedef struct demo_state {
     demo_opts o;
     int       num_pages, max_pages;
-    int32_t  *lens;       /* (R,) tokens cached per request */
-    int32_t  *page_table; /* (R, max_pages) */
-    uint16_t *k_cache, *v_cache; /* (num_pages, P, h_k, d) bf16 */
+    fa3c_context *ctx;
+    int32_t  *lens;       /* (R,) tokens cached per request (host) */
+    int32_t  *page_table; /* (R, max_pages) (host) */
+    void     *dev_lens, *dev_page_table, *dev_k_cache, *dev_v_cache; /* on the context's device;
+                                                                       caches (num_pages, P, h_k, d) bf16 */
     float   **k_mirror, **v_mirror; /* per request (capacity, h_k, d): the demo's own copy */
     double    max_err;
     int       checked;
@@ -55,9 +59,25 @@ static void fill_bf16(uint16_t *x, float *mirror, int64_t n, uint64_t *rng) {
     }
 }
 
-static fa3c_tensor tensor(void *data, fa3c_dtype dt, int nd, int64_t a, int64_t b, int64_t c, int64_t d) {
+/* A contiguous tensor on ctx's device (the demo uses device 0). */
+static fa3c_tensor tensor(fa3c_context *ctx, void *data, fa3c_dtype dt, int nd, int64_t a, int64_t b, int64_t c,
+                          int64_t d) {
     int64_t shape[4] = {a, b, c, d};
-    return fa3c_tensor_contiguous(data, dt, nd, shape);
+    fa3c_tensor t = fa3c_tensor_contiguous(data, dt, nd, shape);
+    t.device_type = fa3c_context_device_type(ctx);
+    return t;
+}
+
+/* A device copy of host[0..bytes), or NULL (message printed). */
+static void *to_device(fa3c_context *ctx, const void *host, size_t bytes) {
+    void *dev = NULL;
+    if (fa3c_device_alloc(ctx, bytes, &dev) != FA3C_OK ||
+        fa3c_device_copy(ctx, dev, host, bytes, FA3C_COPY_HOST_TO_DEVICE) != FA3C_OK) {
+        fprintf(stderr, "fa3c demo: device buffer of %zu bytes: %s\n", bytes, fa3c_last_error());
+        fa3c_device_free(ctx, dev);
+        return NULL;
+    }
+    return dev;
 }
 
 /*
@@ -124,8 +144,9 @@ static int parse(int argc, char **argv, demo_opts *o) {
     return 0;
 }
 
-/* Paged cache with each request's pages in random order; mirrors sized for prompt + steps. */
-static void setup_cache(demo_state *st, uint64_t *rng) {
+/* Paged cache with each request's pages in random order; mirrors sized for prompt + steps.
+ * Returns false when a device buffer cannot be made. */
+static bool setup_cache(demo_state *st, uint64_t *rng) {
     const demo_opts *o = &st->o;
     st->max_pages = (o->max_len + o->steps + o->page_size - 1) / o->page_size;
     st->num_pages = o->requests * st->max_pages;
@@ -137,9 +158,8 @@ static void setup_cache(demo_state *st, uint64_t *rng) {
         perm[j] = t;
     }
     st->page_table = perm; /* row r = pages r*max_pages .. of the permutation */
-    size_t cache = (size_t)st->num_pages * o->page_size * o->h_k * o->d;
-    st->k_cache = calloc(cache, sizeof(uint16_t));
-    st->v_cache = calloc(cache, sizeof(uint16_t));
+    size_t cache = (size_t)st->num_pages * o->page_size * o->h_k * o->d * sizeof(uint16_t);
+    uint16_t *zeros = calloc(cache, 1);
     st->lens = calloc((size_t)o->requests, sizeof *st->lens);
     st->k_mirror = malloc((size_t)o->requests * sizeof *st->k_mirror);
     st->v_mirror = malloc((size_t)o->requests * sizeof *st->v_mirror);
@@ -148,6 +168,12 @@ static void setup_cache(demo_state *st, uint64_t *rng) {
         st->k_mirror[r] = malloc(per_req * sizeof(float));
         st->v_mirror[r] = malloc(per_req * sizeof(float));
     }
+    st->dev_k_cache = to_device(st->ctx, zeros, cache);
+    st->dev_v_cache = to_device(st->ctx, zeros, cache);
+    st->dev_page_table = to_device(st->ctx, perm, (size_t)st->num_pages * sizeof *perm);
+    st->dev_lens = to_device(st->ctx, st->lens, (size_t)o->requests * sizeof *st->lens);
+    free(zeros);
+    return st->dev_k_cache && st->dev_v_cache && st->dev_page_table && st->dev_lens;
 }
 
 static void free_state(demo_state *st) {
@@ -157,8 +183,10 @@ static void free_state(demo_state *st) {
     }
     free(st->k_mirror);
     free(st->v_mirror);
-    free(st->k_cache);
-    free(st->v_cache);
+    fa3c_device_free(st->ctx, st->dev_k_cache);
+    fa3c_device_free(st->ctx, st->dev_v_cache);
+    fa3c_device_free(st->ctx, st->dev_page_table);
+    fa3c_device_free(st->ctx, st->dev_lens);
     free(st->lens);
     free(st->page_table);
 }
@@ -191,18 +219,60 @@ static void mirror_append(demo_state *st, int r, const step_buffers *sb, int64_t
     st->lens[r] += (int32_t)tokens;
 }
 
-/* The cache/paging part of the arguments, shared by prefill and decode. */
-static void cache_args(demo_state *st, fa3c_fwd_args *a) {
+/*
+ * Runs one forward over sb's tokens on the context's device: prefill when cu (R + 1,) is given
+ * (varlen q and k_new, (tokens, h|h_k, d)), else one decode token per request ((R, 1, h|h_k, d)).
+ * The cache, page table and lengths are the state's; sb->out receives the output. Returns the
+ * seconds the forward took (synchronised), or < 0 on error.
+ */
+static double run_step(demo_state *st, step_buffers *sb, int64_t tokens, const int32_t *cu, int max_q) {
+    fa3c_context *ctx = st->ctx;
     const demo_opts *o = &st->o;
-    a->k = tensor(st->k_cache, FA3C_DTYPE_BF16, 4, st->num_pages, o->page_size, o->h_k, o->d);
-    a->v = tensor(st->v_cache, FA3C_DTYPE_BF16, 4, st->num_pages, o->page_size, o->h_k, o->d);
-    a->page_table = tensor(st->page_table, FA3C_DTYPE_I32, 2, o->requests, st->max_pages, 0, 0);
-    a->seqused_k = tensor(st->lens, FA3C_DTYPE_I32, 1, o->requests, 0, 0, 0);
-    a->is_causal = 1;
+    int R = o->requests;
+    size_t qb = (size_t)tokens * o->h * o->d * 2, kb = (size_t)tokens * o->h_k * o->d * 2;
+    void *q = to_device(ctx, sb->q, qb), *kn = to_device(ctx, sb->k_new, kb), *vn = to_device(ctx, sb->v_new, kb);
+    void *out = to_device(ctx, sb->out, qb), *dcu = cu ? to_device(ctx, cu, (size_t)(R + 1) * sizeof *cu) : NULL;
+    double dt = -1;
+    if (q && kn && vn && out && (dcu || !cu) &&
+        fa3c_device_copy(ctx, st->dev_lens, st->lens, (size_t)R * sizeof *st->lens, FA3C_COPY_HOST_TO_DEVICE) ==
+            FA3C_OK) {
+        fa3c_fwd_args a;
+        fa3c_fwd_args_init(&a);
+        a.k = tensor(ctx, st->dev_k_cache, FA3C_DTYPE_BF16, 4, st->num_pages, o->page_size, o->h_k, o->d);
+        a.v = tensor(ctx, st->dev_v_cache, FA3C_DTYPE_BF16, 4, st->num_pages, o->page_size, o->h_k, o->d);
+        a.page_table = tensor(ctx, st->dev_page_table, FA3C_DTYPE_I32, 2, R, st->max_pages, 0, 0);
+        a.seqused_k = tensor(ctx, st->dev_lens, FA3C_DTYPE_I32, 1, R, 0, 0, 0);
+        a.is_causal = 1;
+        if (cu) {
+            a.q = tensor(ctx, q, FA3C_DTYPE_BF16, 3, tokens, o->h, o->d, 0);
+            a.k_new = tensor(ctx, kn, FA3C_DTYPE_BF16, 3, tokens, o->h_k, o->d, 0);
+            a.v_new = tensor(ctx, vn, FA3C_DTYPE_BF16, 3, tokens, o->h_k, o->d, 0);
+            a.out = tensor(ctx, out, FA3C_DTYPE_BF16, 3, tokens, o->h, o->d, 0);
+            a.cu_seqlens_q = tensor(ctx, dcu, FA3C_DTYPE_I32, 1, R + 1, 0, 0, 0);
+            a.cu_seqlens_k_new = a.cu_seqlens_q;
+            a.max_seqlen_q = max_q;
+        } else {
+            a.q = tensor(ctx, q, FA3C_DTYPE_BF16, 4, R, 1, o->h, o->d);
+            a.k_new = tensor(ctx, kn, FA3C_DTYPE_BF16, 4, R, 1, o->h_k, o->d);
+            a.v_new = tensor(ctx, vn, FA3C_DTYPE_BF16, 4, R, 1, o->h_k, o->d);
+            a.out = tensor(ctx, out, FA3C_DTYPE_BF16, 4, R, 1, o->h, o->d);
+        }
+        double t0 = now_s();
+        fa3c_status s = fa3c_fwd(ctx, &a);
+        if (s == FA3C_OK) s = fa3c_context_synchronize(ctx);
+        double t1 = now_s();
+        if (s == FA3C_OK) s = fa3c_device_copy(ctx, sb->out, out, qb, FA3C_COPY_DEVICE_TO_HOST);
+        if (s == FA3C_OK) dt = t1 - t0;
+        else fprintf(stderr, "fa3c demo: %s failed: %s: %s\n", cu ? "prefill" : "decode", fa3c_status_string(s),
+                     fa3c_last_error());
+    }
+    fa3c_device_free(ctx, q), fa3c_device_free(ctx, kn), fa3c_device_free(ctx, vn);
+    fa3c_device_free(ctx, out), fa3c_device_free(ctx, dcu);
+    return dt;
 }
 
-/* Prefill: one varlen call over all prompts. Returns the seconds taken, or < 0 on error. */
-static double prefill(fa3c_context *ctx, demo_state *st, const int32_t *prompt, uint64_t *rng) {
+/* Prefill: one varlen call over all prompts, appending them to the cache. Seconds, or < 0. */
+static double prefill(demo_state *st, const int32_t *prompt, uint64_t *rng) {
     const demo_opts *o = &st->o;
     int R = o->requests, max_q = 0;
     int32_t *cu = malloc((size_t)(R + 1) * sizeof *cu);
@@ -211,27 +281,10 @@ static double prefill(fa3c_context *ctx, demo_state *st, const int32_t *prompt, 
         cu[r + 1] = cu[r] + prompt[r];
         if (prompt[r] > max_q) max_q = prompt[r];
     }
-    int64_t total = cu[R];
     step_buffers sb;
-    step_alloc(o, total, rng, &sb);
-
-    fa3c_fwd_args a;
-    fa3c_fwd_args_init(&a);
-    cache_args(st, &a);
-    a.q = tensor(sb.q, FA3C_DTYPE_BF16, 3, total, o->h, o->d, 0);
-    a.k_new = tensor(sb.k_new, FA3C_DTYPE_BF16, 3, total, o->h_k, o->d, 0);
-    a.v_new = tensor(sb.v_new, FA3C_DTYPE_BF16, 3, total, o->h_k, o->d, 0);
-    a.out = tensor(sb.out, FA3C_DTYPE_BF16, 3, total, o->h, o->d, 0);
-    a.cu_seqlens_q = tensor(cu, FA3C_DTYPE_I32, 1, R + 1, 0, 0, 0);
-    a.cu_seqlens_k_new = a.cu_seqlens_q;
-    a.max_seqlen_q = max_q;
-    double t0 = now_s();
-    fa3c_status s = fa3c_fwd(ctx, &a);
-    double dt = now_s() - t0;
-    if (s != FA3C_OK) {
-        fprintf(stderr, "fa3c demo: prefill failed: %s: %s\n", fa3c_status_string(s), fa3c_last_error());
-        dt = -1;
-    } else {
+    step_alloc(o, cu[R], rng, &sb);
+    double dt = run_step(st, &sb, cu[R], cu, max_q);
+    if (dt >= 0) {
         for (int r = 0; r < R; r++) mirror_append(st, r, &sb, cu[r], prompt[r]);
         for (int c = 0; c < 24; c++) { /* token t of a prompt sees keys 0..t */
             int r = (int)(rng_next(rng) % (uint64_t)R), t = (int)(rng_next(rng) % (uint64_t)prompt[r]);
@@ -246,26 +299,13 @@ static double prefill(fa3c_context *ctx, demo_state *st, const int32_t *prompt, 
 }
 
 /* One decode step: every request appends one token and attends over its whole cache. */
-static double decode_step(fa3c_context *ctx, demo_state *st, uint64_t *rng) {
+static double decode_step(demo_state *st, uint64_t *rng) {
     const demo_opts *o = &st->o;
     int R = o->requests;
     step_buffers sb;
     step_alloc(o, R, rng, &sb);
-
-    fa3c_fwd_args a;
-    fa3c_fwd_args_init(&a);
-    cache_args(st, &a);
-    a.q = tensor(sb.q, FA3C_DTYPE_BF16, 4, R, 1, o->h, o->d);
-    a.k_new = tensor(sb.k_new, FA3C_DTYPE_BF16, 4, R, 1, o->h_k, o->d);
-    a.v_new = tensor(sb.v_new, FA3C_DTYPE_BF16, 4, R, 1, o->h_k, o->d);
-    a.out = tensor(sb.out, FA3C_DTYPE_BF16, 4, R, 1, o->h, o->d);
-    double t0 = now_s();
-    fa3c_status s = fa3c_fwd(ctx, &a);
-    double dt = now_s() - t0;
-    if (s != FA3C_OK) {
-        fprintf(stderr, "fa3c demo: decode failed: %s: %s\n", fa3c_status_string(s), fa3c_last_error());
-        dt = -1;
-    } else {
+    double dt = run_step(st, &sb, R, NULL, 1);
+    if (dt >= 0) {
         for (int r = 0; r < R; r++) mirror_append(st, r, &sb, r, 1);
         for (int c = 0; c < 4; c++) {
             int r = (int)(rng_next(rng) % (uint64_t)R), head = (int)(rng_next(rng) % (uint64_t)o->h);
@@ -294,17 +334,18 @@ int fa3c_cmd_demo(int argc, char **argv) {
     int32_t *prompt = malloc((size_t)o->requests * sizeof *prompt);
     int64_t total = 0;
     for (int r = 0; r < o->requests; r++) total += prompt[r] = 1 + (int)(rng_next(&rng) % (uint64_t)o->max_len);
-    setup_cache(&st, &rng);
+    st.ctx = ctx;
+    bool ok = setup_cache(&st, &rng);
     printf("fa3c demo: backend %s (%d threads), %d requests, prompts 1..%d tokens (%lld in all), "
            "GQA %d/%d heads, d=%d, bf16, paged KV page %d\n",
            fa3c_context_backend(ctx), fa3c_context_num_threads(ctx), o->requests, o->max_len, (long long)total, o->h,
            o->h_k, o->d, o->page_size);
 
-    double t_pre = prefill(ctx, &st, prompt, &rng), t_dec = 0;
-    bool ok = t_pre >= 0;
+    double t_pre = ok ? prefill(&st, prompt, &rng) : -1, t_dec = 0;
+    ok = t_pre >= 0;
     if (ok) printf("prefill: %lld tokens in %.3f s -> %.0f tokens/s\n", (long long)total, t_pre, total / t_pre);
     for (int s = 0; ok && s < o->steps; s++) {
-        double dt = decode_step(ctx, &st, &rng);
+        double dt = decode_step(&st, &rng);
         ok = dt >= 0;
         t_dec += dt;
     }
