@@ -70,6 +70,14 @@ fa3c_status fa3c_fwd(fa3c_context *ctx, const fa3c_fwd_args *args) {
     }
     fa3c_sched_plan plan;
     FA3C_TRY(fa3c_sched_plan_get(&p, ctx->sched_scratch, &plan));
+    /* FA3's empty cases, after every check (metadata included): no query rows or no heads write
+     * nothing (not even appended keys); no keys at all give out = 0 and lse = +inf everywhere. */
+    if (p.total_q == 0 || p.h_k == 0) return FA3C_OK;
+    if (p.no_keys) {
+        fa3c_tensor_fill(&args->out, 0.0f);
+        if (fa3c_present(&args->softmax_lse)) fa3c_tensor_fill(&args->softmax_lse, INFINITY);
+        return FA3C_OK;
+    }
     return ctx->backend->fwd(ctx, &p, &plan, &choice);
 }
 

@@ -34,6 +34,8 @@ void fa3c_clear_error(void);
 
 static inline bool fa3c_present(const fa3c_tensor *t) { return t != NULL && t->dtype != FA3C_DTYPE_NONE; }
 int64_t fa3c_numel(const fa3c_tensor *t);
+/* Every element of a host tensor t (any rank, any strides) := value rounded to t's dtype. */
+void fa3c_tensor_fill(const fa3c_tensor *t, float value);
 /* Shape as "(2, 3, 4)" into buf (for messages); returns buf. */
 const char *fa3c_shape_str(const fa3c_tensor *t, char *buf, size_t n);
 /* Element offset of index idx[0..ndim). */
@@ -245,7 +247,9 @@ struct fa3c_backend {
     void (*context_free)(fa3c_context *ctx);
     /* OK and *choice filled, or UNSUPPORTED with a message. */
     fa3c_status (*select)(const fa3c_context *ctx, const fa3c_problem *p, fa3c_kernel_choice *choice);
-    /* plan: per-sequence split counts (NULL when !p->is_varlen: every sequence uses p->num_splits). */
+    /* plan: per-sequence split counts (NULL when !p->is_varlen: every sequence uses p->num_splits).
+     * CPU backends are called only with total_q > 0, h_k > 0 and keys to attend (core handles
+     * FA3's empty cases on the host); GPU backends handle those cases themselves. */
     fa3c_status (*fwd)(fa3c_context *ctx, const fa3c_problem *p, const fa3c_sched_plan *plan,
                        const fa3c_kernel_choice *choice);
     /* Validated inputs; shapes canonicalised to 5-D partials (S, b, s, h, dv) / 4-D lse (S, b, s, h). */

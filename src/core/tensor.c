@@ -35,3 +35,14 @@ fa3c_tensor fa3c_tensor_contiguous(void *data, fa3c_dtype dtype, int32_t ndim, c
     }
     return t;
 }
+
+void fa3c_tensor_fill(const fa3c_tensor *t, float value) {
+    if (fa3c_numel(t) == 0) return;
+    int64_t idx[FA3C_MAX_DIMS] = {0};
+    for (;;) {
+        fa3c_store(t->data, t->dtype, fa3c_offset(t, idx), value);
+        int dim = t->ndim - 1;
+        while (dim >= 0 && ++idx[dim] == t->shape[dim]) idx[dim--] = 0;
+        if (dim < 0) return;
+    }
+}

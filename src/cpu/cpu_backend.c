@@ -7,7 +7,6 @@
  */
 #include "cpu/cpu.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,34 +119,13 @@ static fa3c_status cpu_select(const fa3c_context *ctx, const fa3c_problem *p, fa
     return FA3C_OK;
 }
 
-/* Every element of t (any rank, any strides) := value in t's dtype (f32, f16 or bf16). */
-static void fill_tensor(const fa3c_tensor *t, float value) {
-    if (fa3c_numel(t) == 0) return;
-    int64_t idx[FA3C_MAX_DIMS] = {0};
-    for (;;) {
-        fa3c_store(t->data, t->dtype, fa3c_offset(t, idx), value);
-        int dim = t->ndim - 1;
-        while (dim >= 0 && ++idx[dim] == t->shape[dim]) idx[dim--] = 0;
-        if (dim < 0) return;
-    }
-}
-
 /*
- * The forward (shapes in include/fa3c.h):
- *   nothing to do (total_q == 0 or h_k == 0): nothing written;
- *   no keys at all (total_k + total_new == 0): out = 0, softmax_lse = +inf everywhere;
- *   otherwise append k_new / v_new into the cache, then attend (and combine splits).
+ * The forward (shapes in include/fa3c.h): append k_new / v_new into the cache, then attend (and combine splits).
+ * Core has handled FA3's empty cases (no query rows, no heads, no keys).
  */
 static fa3c_status cpu_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c_sched_plan *plan,
                            const fa3c_kernel_choice *choice) {
     (void)choice;
-    const fa3c_fwd_args *a = p->args;
-    if (p->total_q == 0 || p->h_k == 0) return FA3C_OK;
-    if (p->no_keys) {
-        fill_tensor(&a->out, 0.0f);
-        if (fa3c_present(&a->softmax_lse)) fill_tensor(&a->softmax_lse, INFINITY);
-        return FA3C_OK;
-    }
     cpu_state *st = cpu_state_of(ctx);
     if (p->b > st->sl_cap) {
         fa3c_seqlens *grown = realloc(st->sl, (size_t)p->b * sizeof *grown);
