@@ -129,6 +129,28 @@ void fa3c_seqlens_get(const fa3c_problem *p, int64_t bi, fa3c_seqlens *sl);
 void fa3c_mask_range(const fa3c_problem *p, int64_t i, int64_t seqlen_q, int64_t seqlen_k, int64_t *lo,
                      int64_t *hi);
 
+/* Host-memory layout of a forward's tensors (element offsets, strides honoured):
+ *   cache row `row`, kv head hk of sequence sl in k or v: batched (b_k, s_k, h_k, *) [k_batch, row, hk];
+ *     varlen (total_k, h_k, *) [row, hk] (row counts cu_seqlens_k); paged (num_pages, page_size,
+ *     h_k, *) [page_table[k_batch, row / page_size], row % page_size, hk];
+ *   token row `row`, head hq of q / qv / out: (b, s_q, h, *) [bi, row, hq]; varlen (total_q, h, *) [row, hq];
+ *   head-major entry of softmax_lse (b, h, s_q) / (h, total_q); with lead = 1 the same entry of one
+ *     split of lse_accum (S, b, h, s_q) / (S, h, total_q) or row of out_accum (S, b, h, s_q, dv) /
+ *     (S, h, total_q, dv), without the split term. */
+int64_t fa3c_cache_offset(const fa3c_problem *p, const fa3c_tensor *cache, const fa3c_seqlens *sl, int64_t row,
+                          int64_t hk);
+int64_t fa3c_token_offset(const fa3c_problem *p, const fa3c_tensor *t, int64_t bi, int64_t row, int64_t hq);
+/* Row j of sequence bi, kv head hk, of k_new / v_new: (b, s_new, h_k, *) [bi, j, hk]; varlen
+ * (total_new, h_k, *) [new_offset + j, hk]. */
+int64_t fa3c_new_offset(const fa3c_problem *p, const fa3c_tensor *t, const fa3c_seqlens *sl, int64_t bi, int64_t j,
+                        int64_t hk);
+int64_t fa3c_head_major_offset(const fa3c_problem *p, const fa3c_tensor *t, int lead, int64_t bi, int64_t row,
+                               int64_t hq);
+/* Rotates x (d,) in place to position pos with rotary_cos/sin (s_ro, rotary_dim / 2): the first
+ * rotary_dim dims, in pairs (2t, 2t+1) when interleaved, else (t, t + rotary_dim/2):
+ * x0' = x0 c - x1 s, x1' = x0 s + x1 c. */
+void fa3c_rotary(const fa3c_problem *p, int64_t pos, float *x);
+
 /* Split s of n over the key blocks of a sequence: key range [lo, hi) (block_n granularity). */
 void fa3c_split_range(int64_t seqlen_k, int32_t block_n, int32_t n, int32_t s, int64_t *lo, int64_t *hi);
 

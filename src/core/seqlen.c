@@ -1,5 +1,6 @@
-/* Per-sequence lengths, the attention mask and the split partition: the three pieces of FA3's
- * semantics every backend shares (FA3 hopper/seqlen.h, mask.h, block.h). */
+/* Per-sequence lengths, the attention mask, the split partition, tensor layouts and rotary: the
+ * pieces of FA3's semantics every backend shares (FA3 hopper/seqlen.h, mask.h, block.h,
+ * paged_kv.h, rotary.h). */
 #include "core/internal.h"
 
 static int64_t idx_at(const fa3c_tensor *t, int64_t i) { return ((const int32_t *)t->data)[i * t->stride[0]]; }
@@ -80,4 +81,47 @@ void fa3c_split_range(int64_t seqlen_k, int32_t block_n, int32_t n, int32_t s, i
     if (h > seqlen_k) h = seqlen_k;
     *lo = l;
     *hi = h;
+}
+
+int64_t fa3c_cache_offset(const fa3c_problem *p, const fa3c_tensor *cache, const fa3c_seqlens *sl, int64_t row,
+                          int64_t hk) {
+    if (p->paged) {
+        const fa3c_tensor *pt = &p->args->page_table;
+        int64_t page = ((const int32_t *)pt->data)[sl->k_batch * pt->stride[0] + (row / p->page_size) * pt->stride[1]];
+        return page * cache->stride[0] + (row % p->page_size) * cache->stride[1] + hk * cache->stride[2];
+    }
+    if (p->varlen_k) return row * cache->stride[0] + hk * cache->stride[1];
+    return sl->k_batch * cache->stride[0] + row * cache->stride[1] + hk * cache->stride[2];
+}
+
+int64_t fa3c_token_offset(const fa3c_problem *p, const fa3c_tensor *t, int64_t bi, int64_t row, int64_t hq) {
+    if (p->varlen_q) return row * t->stride[0] + hq * t->stride[1];
+    return bi * t->stride[0] + row * t->stride[1] + hq * t->stride[2];
+}
+
+int64_t fa3c_new_offset(const fa3c_problem *p, const fa3c_tensor *t, const fa3c_seqlens *sl, int64_t bi, int64_t j,
+                        int64_t hk) {
+    if (p->varlen_new) return (sl->new_offset + j) * t->stride[0] + hk * t->stride[1];
+    return bi * t->stride[0] + j * t->stride[1] + hk * t->stride[2];
+}
+
+int64_t fa3c_head_major_offset(const fa3c_problem *p, const fa3c_tensor *t, int lead, int64_t bi, int64_t row,
+                               int64_t hq) {
+    const int64_t *st = t->stride + lead;
+    if (p->varlen_q) return hq * st[0] + row * st[1];
+    return bi * st[0] + hq * st[1] + row * st[2];
+}
+
+void fa3c_rotary(const fa3c_problem *p, int64_t pos, float *x) {
+    const fa3c_tensor *ct = &p->args->rotary_cos, *st = &p->args->rotary_sin;
+    int64_t half = p->rotary_dim / 2;
+    for (int64_t t = 0; t < half; t++) {
+        float c = fa3c_load(ct->data, ct->dtype, pos * ct->stride[0] + t * ct->stride[1]);
+        float s = fa3c_load(st->data, st->dtype, pos * st->stride[0] + t * st->stride[1]);
+        float *x0 = p->rotary_interleaved ? &x[2 * t] : &x[t];
+        float *x1 = p->rotary_interleaved ? &x[2 * t + 1] : &x[t + half];
+        float a = *x0, b = *x1;
+        *x0 = a * c - b * s;
+        *x1 = a * s + b * c;
+    }
 }

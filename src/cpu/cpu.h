@@ -45,16 +45,6 @@ static inline size_t cpu_carve_take(cpu_carve *c, size_t bytes) {
 /* Rows of zeros that pad a key tile to a multiple of 16 (longer than any row: dv <= 512). */
 extern const uint8_t cpu_zero_row[4096];
 
-/* Element offset of (cache row `row`, kv head hk) of sequence sl in a cache tensor (k or v):
- * batched (b_k, s_k, h_k, *) [k_batch, row, hk]; varlen (total_k, h_k, *) [row, hk];
- * paged (num_pages, page_size, h_k, *) [page_table[k_batch, row / page_size], row % page_size, hk]. */
-int64_t cpu_cache_offset(const fa3c_problem *p, const fa3c_tensor *cache, const fa3c_seqlens *sl, int64_t row,
-                         int64_t hk);
-
-/* Rotates x (d,) in place to position pos: the first rotary_dim dims, pairs (2t, 2t+1) when
- * interleaved, else (t, t + rotary_dim / 2), by (cos, sin)[pos, t]. */
-void cpu_rotary(const fa3c_problem *p, int64_t pos, float *x);
-
 /* Append phase: rotated k_new and v_new of every sequence into its cache rows. sl (b,). */
 void cpu_append(fa3c_context *ctx, const fa3c_problem *p, const fa3c_seqlens *sl);
 

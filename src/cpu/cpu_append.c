@@ -7,45 +7,11 @@
 
 #include <string.h>
 
-int64_t cpu_cache_offset(const fa3c_problem *p, const fa3c_tensor *cache, const fa3c_seqlens *sl, int64_t row,
-                         int64_t hk) {
-    if (p->paged) {
-        const fa3c_tensor *pt = &p->args->page_table;
-        int64_t page = ((const int32_t *)pt->data)[sl->k_batch * pt->stride[0] + (row / p->page_size) * pt->stride[1]];
-        return page * cache->stride[0] + (row % p->page_size) * cache->stride[1] + hk * cache->stride[2];
-    }
-    if (p->varlen_k) return row * cache->stride[0] + hk * cache->stride[1];
-    return sl->k_batch * cache->stride[0] + row * cache->stride[1] + hk * cache->stride[2];
-}
-
-/* cos / sin (s_ro, rotary_dim / 2) of any float dtype; x (d,). */
-void cpu_rotary(const fa3c_problem *p, int64_t pos, float *x) {
-    const fa3c_tensor *ct = &p->args->rotary_cos, *st = &p->args->rotary_sin;
-    int64_t half = p->rotary_dim / 2;
-    for (int64_t t = 0; t < half; t++) {
-        float c = fa3c_load(ct->data, ct->dtype, pos * ct->stride[0] + t * ct->stride[1]);
-        float s = fa3c_load(st->data, st->dtype, pos * st->stride[0] + t * st->stride[1]);
-        float *x0 = p->rotary_interleaved ? &x[2 * t] : &x[t];
-        float *x1 = p->rotary_interleaved ? &x[2 * t + 1] : &x[t + half];
-        float a = *x0, b = *x1;
-        *x0 = a * c - b * s;
-        *x1 = a * s + b * c;
-    }
-}
-
 typedef struct append_job {
     const fa3c_problem *p;
     const fa3c_seqlens *sl;    /* (b,) */
     const cpu_kernels  *k;
 } append_job;
-
-/* Element offset of row j of sequence bi, kv head hk, in k_new / v_new:
- * (b, s_new, h_k, *) [bi, j, hk];  varlen (total_new, h_k, *) [new_offset + j, hk]. */
-static int64_t new_offset(const fa3c_problem *p, const fa3c_tensor *t, const fa3c_seqlens *sl, int64_t bi, int64_t j,
-                          int64_t hk) {
-    if (p->varlen_new) return (sl->new_offset + j) * t->stride[0] + hk * t->stride[1];
-    return bi * t->stride[0] + j * t->stride[1] + hk * t->stride[2];
-}
 
 /* Item (bi, hk): cache rows k_offset + seqlen_k_og + j, j < seqlen_new. Without rotary the rows
  * are copied bit for bit; with it the rotated key is rounded once, to the cache dtype. */
@@ -60,19 +26,19 @@ static void append_item(void *arg, int64_t item, int thread) {
     float row[256] __attribute__((aligned(64))); /* (d,), d <= 256 */
     for (int64_t j = 0; j < sl->seqlen_new; j++) {
         int64_t cache_row = sl->k_offset + sl->seqlen_k_og + j;
-        const char *kn = (const char *)a->k_new.data + new_offset(p, &a->k_new, sl, bi, j, hk) * es;
-        char *kc = (char *)a->k.data + cpu_cache_offset(p, &a->k, sl, cache_row, hk) * es;
+        const char *kn = (const char *)a->k_new.data + fa3c_new_offset(p, &a->k_new, sl, bi, j, hk) * es;
+        char *kc = (char *)a->k.data + fa3c_cache_offset(p, &a->k, sl, cache_row, hk) * es;
         if (p->has_rotary) {
             job->k->row_to_f32(kn, p->in_dtype, p->d, row);
-            cpu_rotary(p, sl->rotary_base + j, row);
+            fa3c_rotary(p, sl->rotary_base + j, row);
             if (p->in_dtype == FA3C_DTYPE_E4M3)
                 for (int64_t c = 0; c < p->d; c++) ((uint8_t *)kc)[c] = fa3c_f32_to_e4m3(row[c]);
             else job->k->row_from_f32(row, 1.0f, p->d, p->in_dtype, kc);
         } else {
             memcpy(kc, kn, (size_t)p->d * es);
         }
-        const char *vn = (const char *)a->v_new.data + new_offset(p, &a->v_new, sl, bi, j, hk) * es;
-        char *vc = (char *)a->v.data + cpu_cache_offset(p, &a->v, sl, cache_row, hk) * es;
+        const char *vn = (const char *)a->v_new.data + fa3c_new_offset(p, &a->v_new, sl, bi, j, hk) * es;
+        char *vc = (char *)a->v.data + fa3c_cache_offset(p, &a->v, sl, cache_row, hk) * es;
         memcpy(vc, vn, (size_t)p->dv * es);
     }
 }

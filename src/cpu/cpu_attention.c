@@ -52,31 +52,14 @@ typedef struct attn_job {
              off_krow, off_vrow, off_lo, off_hi;
 } attn_job;
 
-/* Element offset of (token row, head hq) in q / qv / out: (b, s_q, h, *) [bi, row, hq];
- * varlen (total_q, h, *) [row, hq]. */
-static int64_t token_offset(const fa3c_problem *p, const fa3c_tensor *t, int64_t bi, int64_t row, int64_t hq) {
-    if (p->varlen_q) return row * t->stride[0] + hq * t->stride[1];
-    return bi * t->stride[0] + row * t->stride[1] + hq * t->stride[2];
-}
-
-/* Entry (head hq, token row) of softmax_lse (b, h, s_q) / varlen (h, total_q); with lead = 1 the
- * same entry of one split of lse_accum (S, b, h, s_q) / (S, h, total_q) or the row of out_accum
- * (S, b, h, s_q, dv) / (S, h, total_q, dv), without the split term. */
-static int64_t head_major_offset(const fa3c_problem *p, const fa3c_tensor *t, int lead, int64_t bi, int64_t row,
-                                 int64_t hq) {
-    const int64_t *st = t->stride + lead;
-    if (p->varlen_q) return hq * st[0] + row * st[1];
-    return bi * st[0] + hq * st[1] + row * st[2];
-}
-
 /* Partial (out_s (dv,), lse_s) slot of split s, query row i of sequence bi, head hq. */
 static float *partial_out(const attn_job *job, int64_t s, int64_t bi, int64_t i, int64_t hq, float **lse) {
     const fa3c_problem *p = job->p;
     int64_t row = job->sl[bi].q_offset + i;
     if (job->to_accum) {
         const fa3c_tensor *oa = &p->args->out_accum, *la = &p->args->lse_accum;
-        *lse = (float *)la->data + s * la->stride[0] + head_major_offset(p, la, 1, bi, row, hq);
-        return (float *)oa->data + s * oa->stride[0] + head_major_offset(p, oa, 1, bi, row, hq);
+        *lse = (float *)la->data + s * la->stride[0] + fa3c_head_major_offset(p, la, 1, bi, row, hq);
+        return (float *)oa->data + s * oa->stride[0] + fa3c_head_major_offset(p, oa, 1, bi, row, hq);
     }
     int64_t row_id = p->varlen_q ? row : bi * p->s_q + row;
     int64_t slot = (s * job->rows_total + row_id) * p->h + hq;
@@ -114,8 +97,8 @@ static void tile_rows(const fa3c_problem *p, const fa3c_seqlens *sl, int64_t hk,
         }
     } else {
         int64_t ks = p->varlen_k ? k->stride[0] : k->stride[1], vs = p->varlen_k ? v->stride[0] : v->stride[1];
-        const char *kb = (const char *)k->data + cpu_cache_offset(p, k, sl, row, hk) * es;
-        const char *vb = (const char *)v->data + cpu_cache_offset(p, v, sl, row, hk) * es;
+        const char *kb = (const char *)k->data + fa3c_cache_offset(p, k, sl, row, hk) * es;
+        const char *vb = (const char *)v->data + fa3c_cache_offset(p, v, sl, row, hk) * es;
         for (int64_t j = 0; j < n; j++) {
             krow[j] = kb + j * ks * es;
             vrow[j] = vb + j * vs * es;
@@ -136,14 +119,14 @@ static void load_queries(const attn_job *job, const fa3c_seqlens *sl, int64_t bi
         for (int64_t g = 0; g < job->G; g++) {
             int64_t hq = hk * job->G + g;
             float *dst = q32 + (il * job->G + g) * job->dq;
-            job->k->row_to_f32((const char *)a->q.data + token_offset(p, &a->q, bi, row, hq) * es, p->in_dtype, p->d,
+            job->k->row_to_f32((const char *)a->q.data + fa3c_token_offset(p, &a->q, bi, row, hq) * es, p->in_dtype, p->d,
                                dst);
             if (p->has_rotary) {
-                cpu_rotary(p, sl->rotary_base + (p->is_causal || p->is_local ? i : 0), dst);
+                fa3c_rotary(p, sl->rotary_base + (p->is_causal || p->is_local ? i : 0), dst);
                 for (int64_t c = 0; c < p->rotary_dim; c++) dst[c] = fa3c_round(p->in_dtype, dst[c]);
             }
             if (p->has_qv)
-                job->k->row_to_f32((const char *)a->qv.data + token_offset(p, &a->qv, bi, row, hq) * es,
+                job->k->row_to_f32((const char *)a->qv.data + fa3c_token_offset(p, &a->qv, bi, row, hq) * es,
                                    p->in_dtype, p->dv, dst + p->d);
         }
     }
@@ -302,9 +285,9 @@ static void attention_item(void *arg, int64_t item, int thread) {
             }
             k->row_from_f32(orow, inv, p->dv, p->out_dtype,
                             (char *)a->out.data +
-                                token_offset(p, &a->out, bi, row, hq) * (int64_t)fa3c_dtype_size(p->out_dtype));
+                                fa3c_token_offset(p, &a->out, bi, row, hq) * (int64_t)fa3c_dtype_size(p->out_dtype));
             if (fa3c_present(&a->softmax_lse))
-                ((float *)a->softmax_lse.data)[head_major_offset(p, &a->softmax_lse, 0, bi, row, hq)] = lse;
+                ((float *)a->softmax_lse.data)[fa3c_head_major_offset(p, &a->softmax_lse, 0, bi, row, hq)] = lse;
         }
     }
 }
@@ -343,9 +326,9 @@ static void combine_item(void *arg, int64_t item, int thread) {
             float lse = cpu_combine_row(ns, lse_s, out0, stride, p->dv, dst);
             job->k->row_from_f32(dst, 1.0f, p->dv, p->out_dtype,
                                  (char *)a->out.data +
-                                     token_offset(p, &a->out, bi, row, hq) * (int64_t)fa3c_dtype_size(p->out_dtype));
+                                     fa3c_token_offset(p, &a->out, bi, row, hq) * (int64_t)fa3c_dtype_size(p->out_dtype));
             if (fa3c_present(&a->softmax_lse))
-                ((float *)a->softmax_lse.data)[head_major_offset(p, &a->softmax_lse, 0, bi, row, hq)] = lse;
+                ((float *)a->softmax_lse.data)[fa3c_head_major_offset(p, &a->softmax_lse, 0, bi, row, hq)] = lse;
         }
     }
 }

@@ -25,24 +25,6 @@ static inline void ref_store_vec(const fa3c_tensor *t, int64_t off, int64_t n, c
     for (int64_t c = 0; c < n; c++) fa3c_store(t->data, t->dtype, off + c * step, src[c]);
 }
 
-/*
- * Element offset of (cache row `row`, kv head hk) of sequence sl in a cache tensor (k or v):
- *   batched  (b_k, s_k, h_k, d|dv)               -> [k_batch, row, hk]
- *   varlen   (total_k, h_k, d|dv)                -> [row, hk]  (row already counts cu_seqlens_k[b])
- *   paged    (num_pages, page_size, h_k, d|dv)   -> [page_table[k_batch, row / page_size],
- *                                                    row % page_size, hk]
- */
-static inline int64_t ref_cache_offset(const fa3c_problem *p, const fa3c_tensor *cache, const fa3c_seqlens *sl,
-                                       int64_t row, int64_t hk) {
-    if (p->paged) {
-        const fa3c_tensor *pt = &p->args->page_table;
-        int64_t page = ((const int32_t *)pt->data)[sl->k_batch * pt->stride[0] + (row / p->page_size) * pt->stride[1]];
-        return page * cache->stride[0] + (row % p->page_size) * cache->stride[1] + hk * cache->stride[2];
-    }
-    if (p->varlen_k) return row * cache->stride[0] + hk * cache->stride[1];
-    return sl->k_batch * cache->stride[0] + row * cache->stride[1] + hk * cache->stride[2];
-}
-
 /* Scratch of per_thread floats for each thread of ctx's pool (thread t owns
  * [t * per_thread, (t + 1) * per_thread)); free() it. Never a zero-byte request, so NULL always
  * means out of memory. */
@@ -50,10 +32,6 @@ static inline float *ref_scratch_alloc(const fa3c_context *ctx, int64_t per_thre
     size_t threads = (size_t)fa3c_threadpool_size(ctx->pool);
     return malloc(threads * (size_t)per_thread * sizeof(float) + sizeof(float));
 }
-
-/* Rotates x (d,) in place to position pos: the first rotary_dim dims, in pairs (2t, 2t+1) when
- * interleaved, else (t, t + rotary_dim/2), each by angle (cos, sin)[pos, t]. */
-void ref_rotary(const fa3c_problem *p, int64_t pos, float *x);
 
 /* Append phase: writes rotated k_new and v_new of every sequence into its cache rows.
  *   sl (b,) the lengths of each sequence. */

@@ -53,23 +53,6 @@ static float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Row (token row, head hq) of q / qv / out: (b, s_q, h, *) -> [bi, row, hq];
- * varlen (total_q, h, *) -> [row, hq]. */
-static int64_t token_offset(const fa3c_problem *p, const fa3c_tensor *t, int64_t bi, int64_t row, int64_t hq) {
-    if (p->varlen_q) return row * t->stride[0] + hq * t->stride[1];
-    return bi * t->stride[0] + row * t->stride[1] + hq * t->stride[2];
-}
-
-/* Entry (head hq, token row) of softmax_lse (b, h, s_q) / varlen (h, total_q). With lead = 1
- * the same entry of one split of lse_accum (S, b, h, s_q) / (S, h, total_q) or the row of
- * out_accum (S, b, h, s_q, dv) / (S, h, total_q, dv), without the split term. */
-static int64_t head_major_offset(const fa3c_problem *p, const fa3c_tensor *t, int lead, int64_t bi, int64_t row,
-                                 int64_t hq) {
-    const int64_t *st = t->stride + lead;
-    if (p->varlen_q) return hq * st[0] + row * st[1];
-    return bi * st[0] + hq * st[1] + row * st[2];
-}
-
 /* descale[bi, hk] of a (b, h_k) fp32 tensor; 1 when not fp8 or absent. */
 static float descale(const fa3c_problem *p, const fa3c_tensor *t, int64_t bi, int64_t hk) {
     if (!p->is_fp8 || !fa3c_present(t)) return 1.0f;
@@ -82,13 +65,13 @@ static void load_query(const head_ctx *hc, int64_t i, row_buffers *rb) {
     const fa3c_problem *p = hc->p;
     const fa3c_fwd_args *a = p->args;
     int64_t row = hc->sl->q_offset + i;
-    ref_load_vec(&a->q, token_offset(p, &a->q, hc->bi, row, hc->hq), p->d, rb->q);
+    ref_load_vec(&a->q, fa3c_token_offset(p, &a->q, hc->bi, row, hc->hq), p->d, rb->q);
     if (p->has_rotary) {
         int64_t pos = hc->sl->rotary_base + (p->is_causal || p->is_local ? i : 0);
-        ref_rotary(p, pos, rb->q);
+        fa3c_rotary(p, pos, rb->q);
         for (int64_t c = 0; c < p->d; c++) rb->q[c] = fa3c_round(p->in_dtype, rb->q[c]);
     }
-    if (p->has_qv) ref_load_vec(&a->qv, token_offset(p, &a->qv, hc->bi, row, hc->hq), p->dv, rb->qv);
+    if (p->has_qv) ref_load_vec(&a->qv, fa3c_token_offset(p, &a->qv, hc->bi, row, hc->hq), p->dv, rb->qv);
 }
 
 /* rb->scores[j] for keys j in [lo, hi): scale * (qd*kd * q.k_j + qv.v_j), then softcap. */
@@ -97,10 +80,10 @@ static void compute_scores(const head_ctx *hc, int64_t lo, int64_t hi, row_buffe
     const fa3c_fwd_args *a = p->args;
     for (int64_t j = lo; j < hi; j++) {
         int64_t cache_row = hc->sl->k_offset + j;
-        ref_load_vec(&a->k, ref_cache_offset(p, &a->k, hc->sl, cache_row, hc->hk), p->d, rb->kv);
+        ref_load_vec(&a->k, fa3c_cache_offset(p, &a->k, hc->sl, cache_row, hc->hk), p->d, rb->kv);
         float s = hc->qk_descale * dot(rb->q, rb->kv, p->d);
         if (p->has_qv) {
-            ref_load_vec(&a->v, ref_cache_offset(p, &a->v, hc->sl, cache_row, hc->hk), p->dv, rb->kv);
+            ref_load_vec(&a->v, fa3c_cache_offset(p, &a->v, hc->sl, cache_row, hc->hk), p->dv, rb->kv);
             s += dot(rb->qv, rb->kv, p->dv);
         }
         s *= p->scale;
@@ -123,7 +106,7 @@ static float softmax_split(const head_ctx *hc, int64_t lo, int64_t hi, float sin
     for (int64_t j = lo; j < hi; j++) {
         float w = expf(rb->scores[j] - m);
         l += w;
-        ref_load_vec(v, ref_cache_offset(p, v, hc->sl, hc->sl->k_offset + j, hc->hk), p->dv, rb->kv);
+        ref_load_vec(v, fa3c_cache_offset(p, v, hc->sl, hc->sl->k_offset + j, hc->hk), p->dv, rb->kv);
         for (int64_t c = 0; c < p->dv; c++) out[c] += w * rb->kv[c];
     }
     l += expf(sink - m);
@@ -136,8 +119,8 @@ static float softmax_split(const head_ctx *hc, int64_t lo, int64_t hi, float sin
 static void store_partials(const head_ctx *hc, int64_t row, const row_buffers *rb) {
     const fa3c_problem *p = hc->p;
     const fa3c_tensor *oa = &p->args->out_accum, *la = &p->args->lse_accum;
-    int64_t o_off = head_major_offset(p, oa, 1, hc->bi, row, hc->hq);
-    int64_t l_off = head_major_offset(p, la, 1, hc->bi, row, hc->hq);
+    int64_t o_off = fa3c_head_major_offset(p, oa, 1, hc->bi, row, hc->hq);
+    int64_t l_off = fa3c_head_major_offset(p, la, 1, hc->bi, row, hc->hq);
     for (int64_t s = 0; s < p->num_splits; s++) {
         ref_store_vec(oa, s * oa->stride[0] + o_off, p->dv, rb->part_out + s * p->dv);
         fa3c_store(la->data, la->dtype, s * la->stride[0] + l_off, rb->part_lse[s]);
@@ -177,10 +160,10 @@ static void attend_row(const head_ctx *hc, int64_t i, row_buffers *rb) {
         lse = ref_combine_row(S, rb->part_lse, rb->part_out, dv, rb->out);
         out = rb->out;
     }
-    ref_store_vec(&a->out, token_offset(p, &a->out, hc->bi, row, hc->hq), dv, out);
+    ref_store_vec(&a->out, fa3c_token_offset(p, &a->out, hc->bi, row, hc->hq), dv, out);
     if (fa3c_present(&a->softmax_lse)) {
         const fa3c_tensor *l = &a->softmax_lse;
-        fa3c_store(l->data, l->dtype, head_major_offset(p, l, 0, hc->bi, row, hc->hq), lse);
+        fa3c_store(l->data, l->dtype, fa3c_head_major_offset(p, l, 0, hc->bi, row, hc->hq), lse);
     }
 }
 
