@@ -2,7 +2,8 @@
 // every sequence b and j < seqlen_new, cache row k_offset + seqlen_k_og + j :=
 // rotary(k_new row new_offset + j, position rotary_base + j) rounded to the cache dtype, and the
 // v_new row unrotated. Shapes: k_new (b, s_new, h_k, d) or (total_new, h_k, d); v_new likewise
-// with dv; rotary_cos/sin (s_ro, rotary_dim / 2) in the input dtype.
+// with dv; rotary_cos/sin (s_ro, rotary_dim / 2) in the input dtype (any float dtype on the
+// scalar path, which e4m3 caches take).
 #include "cuda/cuda_internal.cuh"
 
 #define APPEND_ROWS 16
@@ -83,10 +84,52 @@ __global__ void __launch_bounds__(APPEND_THREADS) append_kernel(const __grid_con
     }
 }
 
+// The same append element by element, for any dtype and row alignment (p.scalar). A rotated
+// element reads its pair partner from k_new too and is rounded once, to the cache dtype.
+__global__ void __launch_bounds__(APPEND_THREADS) append_scalar_kernel(const __grid_constant__ cuda_append_params p) {
+    const int row_blocks = (p.max_new + APPEND_ROWS - 1) / APPEND_ROWS;
+    const int blk = blockIdx.x % row_blocks, hk = blockIdx.x / row_blocks % p.h_k;
+    const int bi = blockIdx.x / row_blocks / p.h_k;
+    const cuda_seqlens sl = cuda_seqlens_get(p.seq, bi);
+    const int j0 = blk * APPEND_ROWS;
+    if (j0 >= sl.seqlen_new) return;
+    const int nrow = min(APPEND_ROWS, sl.seqlen_new - j0), half = p.rotary_dim / 2;
+    const bool byte = p.dtype == FA3C_DTYPE_E4M3;
+
+    for (int idx = threadIdx.x; idx < nrow * (p.d + p.dv); idx += APPEND_THREADS) {
+        int j = j0 + idx / (p.d + p.dv), c = idx % (p.d + p.dv);
+        bool is_k = c < p.d;
+        if (!is_k) c -= p.d;
+        int64_t src = (int64_t)bi * (is_k ? p.kn_sb : p.vn_sb) + (int64_t)(sl.new_offset + j) * (is_k ? p.kn_sr : p.vn_sr) +
+                      (int64_t)hk * (is_k ? p.kn_sh : p.vn_sh);
+        int64_t dst = append_cache_row(p, sl, sl.k_offset + sl.seqlen_k_og + j, is_k ? p.k_sb : p.v_sb,
+                                       is_k ? p.k_sr : p.v_sr) + (int64_t)hk * (is_k ? p.k_sh : p.v_sh) + c;
+        const void *in = is_k ? p.k_new : p.v_new;
+        void *out = is_k ? p.k : p.v;
+        if (is_k && p.rot_cos && c < p.rotary_dim) {
+            int64_t pos = (int64_t)sl.rotary_base + j;
+            int t, partner;
+            bool first;
+            if (p.rot_interleaved) t = c / 2, first = (c & 1) == 0, partner = c ^ 1;
+            else first = c < half, t = first ? c : c - half, partner = first ? c + half : c - half;
+            float cf = cuda_load_any(p.rot_cos, p.rot_dtype, pos * half + t);
+            float sf = cuda_load_any(p.rot_sin, p.rot_dtype, pos * half + t);
+            float x = cuda_load_any(in, p.dtype, src + c), o = cuda_load_any(in, p.dtype, src + partner);
+            float y = first ? __fsub_rn(__fmul_rn(x, cf), __fmul_rn(o, sf)) : __fadd_rn(__fmul_rn(o, sf), __fmul_rn(x, cf));
+            cuda_store_any(out, p.dtype, dst, y);
+        } else if (byte) {
+            ((uint8_t *)out)[dst] = ((const uint8_t *)in)[src + c];
+        } else {
+            ((uint16_t *)out)[dst] = ((const uint16_t *)in)[src + c];
+        }
+    }
+}
+
 cudaError_t cuda_append_launch(const cuda_append_params *p, cudaStream_t stream) {
     int64_t row_blocks = (p->max_new + APPEND_ROWS - 1) / APPEND_ROWS;
     int64_t blocks = row_blocks * p->h_k * p->b;
     if (blocks == 0) return cudaSuccess;
-    append_kernel<<<(unsigned)blocks, APPEND_THREADS, 0, stream>>>(*p);
+    if (p->scalar) append_scalar_kernel<<<(unsigned)blocks, APPEND_THREADS, 0, stream>>>(*p);
+    else append_kernel<<<(unsigned)blocks, APPEND_THREADS, 0, stream>>>(*p);
     return cudaGetLastError();
 }

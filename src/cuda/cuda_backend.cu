@@ -4,6 +4,8 @@
 //   no keys at all (total_k + total_new == 0)     -> fill out 0, lse +inf
 //   otherwise: append (k_new) -> split counts (exact splits of a varlen call without metadata)
 //              -> attention -> combine (W > 1 slots, unless the decode kernel combines itself)
+//   attention: a tensor-core kernel, or the SIMT fallback ("simple": e4m3, qv, other head dims,
+//   unaligned rows), which always uses FA3's exact split partition.
 // A forward can be captured into a CUDA graph: it allocates and synchronises nothing once the
 // context's workspace is large enough (an earlier forward outside capture sized it), and checks
 // scheduler_metadata on the device instead of on the host (include/fa3c.h, fa3c_fwd).
@@ -221,48 +223,54 @@ static bool rows_aligned(const fa3c_tensor *t) {
     return true;
 }
 
+// The tensor-core kernel of p, or NULL when none runs it (e4m3, qv, head dims without a tile,
+// unaligned rows, a grid or shared memory beyond the kernel's limits).
+static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa3c_problem *p, int32_t *id_out) {
+    const fa3c_fwd_args *a = p->args;
+    if (p->is_fp8 || p->has_qv) return NULL;
+    int64_t hd = headdim_bucket(p->d), dvb;
+    if (p->dv == p->d) dvb = hd;
+    else if (p->d > 128 && p->d <= 192 && p->dv > 96 && p->dv <= 128) dvb = 128;
+    else return NULL;
+    const fa3c_tensor *rows[] = {&a->q, &a->k, &a->v, &a->out, &a->k_new, &a->v_new};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        if (!rows_aligned(rows[i])) return NULL;
+    // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the keys.
+    int64_t g = p->h / p->h_k, rows_per_seq = p->s_q * (p->pack_gqa ? g : 1);
+    int32_t id = kernel_find((int)hd, (int)dvb, p->in_dtype == FA3C_DTYPE_BF16, rows_per_seq <= 16);
+    const cuda_attn_kernel *k = kernel_by_id(id);
+    if (!k) return NULL;
+    int64_t num_m = (rows_per_seq + k->block_m - 1) / k->block_m;
+    int64_t blocks = p->b * (p->pack_gqa ? p->h_k : p->h) * p->num_splits * num_m;
+    if (rows_per_seq > INT32_MAX - k->block_m || blocks > INT32_MAX || k->smem > st->smem_optin) return NULL;
+    *id_out = id;
+    return k;
+}
+
+// Tensor-core kernel when one runs p, else the SIMT fallback ("simple", cuda_attn_simple.cu).
 static fa3c_status cuda_select(const fa3c_context *ctx, const fa3c_problem *p, fa3c_kernel_choice *choice) {
     const cuda_state *st = state_of(ctx);
-    const fa3c_fwd_args *a = p->args;
-    if (p->is_fp8)
-        return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: e4m3 (fp8) inputs are not supported by the cuda backend yet");
-    if (p->has_qv)
-        return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: qv (MLA absorbed attention) is not supported by the cuda "
-                         "backend yet");
     if (p->total_q == 0 || p->h_k == 0 || p->no_keys) { // nothing to attend: at most a fill
         choice->kernel = -1;
         choice->name = p->no_keys && p->total_q > 0 && p->h_k > 0 ? "fill" : "none";
         return FA3C_OK;
     }
-    int64_t hd = headdim_bucket(p->d), dvb;
-    if (p->dv == p->d) dvb = hd;
-    else if (p->d > 128 && p->d <= 192 && p->dv > 96 && p->dv <= 128) dvb = 128;
-    else
-        return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: head dims d = %lld with dv = %lld are not supported by the "
-                         "cuda backend yet (dv == d, and d in (128, 192] with dv in (96, 128], are)",
-                         (long long)p->d, (long long)p->dv);
-    const struct { const char *name; const fa3c_tensor *t; } rows[] = {
-        {"q", &a->q}, {"k", &a->k}, {"v", &a->v}, {"out", &a->out}, {"k_new", &a->k_new}, {"v_new", &a->v_new},
-    };
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
-        if (!rows_aligned(rows[i].t))
-            return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: %s needs 16-byte aligned rows (data pointer 16-byte "
-                             "aligned, every stride but the last a multiple of 8 elements)", rows[i].name);
-    // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the keys.
-    int64_t g = p->h / p->h_k, rows_per_seq = p->s_q * (p->pack_gqa ? g : 1);
-    int32_t id = kernel_find((int)hd, (int)dvb, p->in_dtype == FA3C_DTYPE_BF16, rows_per_seq <= 16);
-    const cuda_attn_kernel *k = kernel_by_id(id);
-    if (!k) return fa3c_fail(FA3C_ERROR_INTERNAL, "cuda: no kernel for d %lld / dv %lld", (long long)hd, (long long)dvb);
-    int64_t num_m = (rows_per_seq + k->block_m - 1) / k->block_m;
-    int64_t blocks = p->b * (p->pack_gqa ? p->h_k : p->h) * p->num_splits * num_m;
-    if (rows_per_seq > INT32_MAX - k->block_m || blocks > INT32_MAX)
-        return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: %lld query rows per sequence in %lld thread blocks exceed the "
-                         "kernel's 32-bit grid", (long long)rows_per_seq, (long long)blocks);
-    if (k->smem > st->smem_optin)
-        return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: kernel %s needs %zu bytes of shared memory, device %d allows %zu",
-                         k->name, k->smem, st->device, st->smem_optin);
-    choice->kernel = id;
-    choice->name = k->name;
+    int32_t id = -1;
+    const cuda_attn_kernel *k = tensor_core_kernel(st, p, &id);
+    if (k) {
+        choice->kernel = id;
+        choice->name = k->name;
+        return FA3C_OK;
+    }
+    if (p->d > CUDA_SIMPLE_MAX_D || p->dv > CUDA_SIMPLE_MAX_DV)
+        return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: head dims d = %lld / dv = %lld: the cuda backend runs d <= %d "
+                         "and dv <= %d", (long long)p->d, (long long)p->dv, CUDA_SIMPLE_MAX_D, CUDA_SIMPLE_MAX_DV);
+    int64_t warps = p->b * p->h * p->s_q, blocks = (warps + 3) / 4;
+    if (p->s_q > INT32_MAX || blocks > INT32_MAX)
+        return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: %lld query rows of %lld heads exceed the simple kernel's "
+                         "32-bit grid", (long long)(p->b * p->s_q), (long long)p->h);
+    choice->kernel = CUDA_ATTN_SIMPLE;
+    choice->name = "simple";
     return FA3C_OK;
 }
 
@@ -309,7 +317,8 @@ static void cache_strides(const fa3c_problem *p, const fa3c_tensor *t, int64_t *
     token_strides(t, p->varlen_k, sb, sr, sh);
 }
 
-static fa3c_status run_append(fa3c_context *ctx, const fa3c_problem *p, const cuda_seq_params *seq) {
+// scalar: the element-by-element append (any dtype and row alignment) of the SIMT fallback.
+static fa3c_status run_append(fa3c_context *ctx, const fa3c_problem *p, const cuda_seq_params *seq, bool scalar) {
     const fa3c_fwd_args *a = p->args;
     cuda_append_params ap;
     memset(&ap, 0, sizeof ap);
@@ -337,7 +346,10 @@ static fa3c_status run_append(fa3c_context *ctx, const fa3c_problem *p, const cu
         ap.rot_sin = a->rotary_sin.data;
         ap.rotary_dim = (int32_t)p->rotary_dim;
         ap.rot_interleaved = p->rotary_interleaved;
+        ap.rot_dtype = a->rotary_cos.dtype;
     }
+    ap.scalar = scalar;
+    ap.dtype = p->in_dtype;
     CUDA_TRY(cuda_append_launch(&ap, stream_of(ctx)), "append kernel launch");
     return FA3C_OK;
 }
@@ -455,6 +467,35 @@ static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t k
     return (int32_t)(w > 1 ? w : 1);
 }
 
+// The SIMT fallback's launch: ap (filled by cuda_fwd) plus dtypes, qv and the e4m3 descales.
+static fa3c_status run_simple(const fa3c_problem *p, const cuda_attn_params *ap, cudaStream_t stream) {
+    const fa3c_fwd_args *a = p->args;
+    cuda_simple_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.a = *ap;
+    sp.in_dtype = p->in_dtype;
+    sp.out_dtype = a->out.dtype;
+    sp.rot_dtype = p->has_rotary ? a->rotary_cos.dtype : FA3C_DTYPE_NONE;
+    sp.scale = p->scale;
+    if (p->has_qv) {
+        sp.qv = a->qv.data;
+        token_strides(&a->qv, p->varlen_q, &sp.qv_sb, &sp.qv_sr, &sp.qv_sh);
+    }
+    if (p->is_fp8) {
+        const fa3c_tensor *ds[3] = {&a->q_descale, &a->k_descale, &a->v_descale};
+        const float **ptr[3] = {&sp.q_ds, &sp.k_ds, &sp.v_ds};
+        int64_t *sb[3] = {&sp.qd_sb, &sp.kd_sb, &sp.vd_sb}, *sh[3] = {&sp.qd_sh, &sp.kd_sh, &sp.vd_sh};
+        for (int i = 0; i < 3; i++) {
+            if (!fa3c_present(ds[i])) continue;
+            *ptr[i] = (const float *)ds[i]->data;
+            *sb[i] = ds[i]->stride[0];
+            *sh[i] = ds[i]->stride[1];
+        }
+    }
+    CUDA_TRY(cuda_simple_launch(&sp, stream), "simple attention kernel launch");
+    return FA3C_OK;
+}
+
 static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c_sched_plan *plan,
                             const fa3c_kernel_choice *choice) {
     (void)plan; // device contexts get no host plan: split counts are computed below
@@ -471,20 +512,23 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         if (fa3c_present(&a->softmax_lse)) CUDA_TRY(cuda_fill_launch(&a->softmax_lse, INFINITY, stream), "fill lse");
         return FA3C_OK;
     }
-    const cuda_attn_kernel *kern = kernel_by_id(choice->kernel);
-    if (!kern) return fa3c_fail(FA3C_ERROR_INTERNAL, "cuda: kernel choice %d is not a cuda kernel", (int)choice->kernel);
+    const bool simple = choice->kernel == CUDA_ATTN_SIMPLE;
+    const cuda_attn_kernel *kern = simple ? NULL : kernel_by_id(choice->kernel);
+    if (!simple && !kern)
+        return fa3c_fail(FA3C_ERROR_INTERNAL, "cuda: kernel choice %d is not a cuda kernel", (int)choice->kernel);
     cuda_seq_params seq = seq_params(p);
     const int32_t S = p->num_splits;
     const bool have_meta = fa3c_present(&a->scheduler_metadata), user_accum = fa3c_present(&a->out_accum);
     const int64_t g = p->h / p->h_k, grid_heads = p->pack_gqa ? p->h_k : p->h;
-    const int64_t num_m = (p->s_q * (p->pack_gqa ? g : 1) + kern->block_m - 1) / kern->block_m;
+    const int64_t num_m = simple ? 1 : (p->s_q * (p->pack_gqa ? g : 1) + kern->block_m - 1) / kern->block_m;
 
     cuda_meta_check mc;
     memset(&mc, 0, sizeof mc);
     if (have_meta) FA3C_TRY(capturing ? metadata_expect(p, &mc) : metadata_verify(ctx, p));
 
-    // W slots: FA3's S splits (exact), or pieces when the partials stay internal.
-    const bool pieces = S > 1 && !user_accum && cst->split_mode != CUDA_SPLIT_EXACT;
+    // W slots: FA3's S splits (exact, always for the SIMT fallback), or pieces when the partials
+    // stay internal.
+    const bool pieces = !simple && S > 1 && !user_accum && cst->split_mode != CUDA_SPLIT_EXACT;
     const int32_t W = pieces ? pieces_for(cst, p, choice->kernel, kern, num_m) : S;
     const bool exact_dyn = !pieces && S > 1 && p->is_varlen; // per-sequence split counts n_b
     const bool fused = pieces && W > 1 && kern->decode;     // the last CTA of a slot group combines
@@ -509,7 +553,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         FA3C_TRY(buffer_get(ctx, &cst->counts, (size_t)p->b * grid_heads * num_m * sizeof(int32_t), capturing, true,
                             "split counters", (void **)&counts));
 
-    if (p->append) FA3C_TRY(run_append(ctx, p, &seq));
+    if (p->append) FA3C_TRY(run_append(ctx, p, &seq, simple));
 
     const int32_t *splits = NULL;
     if (exact_dyn && have_meta) splits = (const int32_t *)a->scheduler_metadata.data + FA3C_SCHED_HEADER;
@@ -596,7 +640,8 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.splits_dyn = splits;
     ap.counts = counts;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
-    if (ap.num_m_blocks > 0) CUDA_TRY(kern->launch(&ap, stream), kern->name);
+    if (simple) FA3C_TRY(run_simple(p, &ap, stream));
+    else if (ap.num_m_blocks > 0) CUDA_TRY(kern->launch(&ap, stream), kern->name);
 
     if (W > 1 && !fused) {
         cuda_combine_params cp;
@@ -687,7 +732,8 @@ static fa3c_status cuda_merge_state(fa3c_context *ctx, const fa3c_tensor *out_a,
 
 extern "C" const fa3c_backend fa3c_backend_cuda = {
     "cuda",
-    "NVIDIA GPUs (sm_80+): mma.sync tensor-core attention, paged KV, split-KV with combine",
+    "NVIDIA GPUs (sm_80+): mma.sync tensor-core attention (SIMT fallback for e4m3, qv, other head dims), paged KV, "
+    "split-KV with combine",
     FA3C_DEVICE_CUDA,
     cuda_available,
     cuda_context_init,

@@ -187,6 +187,43 @@ __device__ __forceinline__ void cuda_store_float(void *p, int dtype, int64_t i, 
     else ((uint16_t *)p)[i] = cuda_f32_to_f16_bits(x);
 }
 
+// e4m3fn (fa3c_e4m3_to_f32 / fa3c_f32_to_e4m3): no infinities, 0x7F/0xFF NaN, max 448; values
+// rounding past 448 (and inf/NaN) become NaN, as torch's cast does.
+__device__ __forceinline__ float cuda_e4m3_to_f32(uint8_t x) {
+    int sign = x & 0x80, e = (x >> 3) & 0xF, man = x & 0x7;
+    if (e == 0xF && man == 0x7) return __int_as_float(0x7fc00000);
+    float v = e == 0 ? ldexpf((float)man, -9) : ldexpf((float)(8 + man), e - 10);
+    return sign ? -v : v;
+}
+__device__ __forceinline__ uint8_t cuda_f32_to_e4m3(float x) {
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    if (isnan(x) || isinf(x) || a > 464.0f) return sign | 0x7F;
+    if (a < ldexpf(1.0f, -6)) return sign | (uint8_t)rintf(a * 512.0f); // subnormal: quantum 2^-9
+    int e;
+    frexpf(a, &e);
+    int ex = e - 1;                                                      // a in [2^ex, 2^(ex+1))
+    float q = rintf(ldexpf(a, 3 - ex));                                  // 8..16
+    if (q >= 16.0f) q = 8.0f, ex++;
+    return sign | (uint8_t)(((ex + 7) << 3) | ((int)q - 8));
+}
+
+// Element i of a buffer of any float dtype (F32, F16, BF16, E4M3), and its store (rounding).
+__device__ __forceinline__ float cuda_load_any(const void *p, int dtype, int64_t i) {
+    if (dtype == FA3C_DTYPE_E4M3) return cuda_e4m3_to_f32(((const uint8_t *)p)[i]);
+    return cuda_load_float(p, dtype, i);
+}
+__device__ __forceinline__ void cuda_store_any(void *p, int dtype, int64_t i, float x) {
+    if (dtype == FA3C_DTYPE_E4M3) ((uint8_t *)p)[i] = cuda_f32_to_e4m3(x);
+    else cuda_store_float(p, dtype, i, x);
+}
+__device__ __forceinline__ float cuda_round_any(int dtype, float x) {
+    if (dtype == FA3C_DTYPE_E4M3) return cuda_e4m3_to_f32(cuda_f32_to_e4m3(x));
+    if (dtype == FA3C_DTYPE_BF16) return cuda_bf16_bits_to_f32(cuda_f32_to_bf16_bits(x));
+    if (dtype == FA3C_DTYPE_F16) return cuda_f16_bits_to_f32(cuda_f32_to_f16_bits(x));
+    return x;
+}
+
 // ---------------------------------------------------------------------------------------------
 // PTX wrappers (sm_80+)
 
@@ -312,6 +349,26 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d128[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCKET]; // dv 192, then dv 128
 extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
 
+// The SIMT fallback (cuda_attn_simple.cu): every problem the tensor-core kernels refuse (e4m3
+// inputs, qv, head dims without a tile, unaligned rows). One warp per (sequence, q head, query
+// row), fp32 throughout, FA3's exact split partition (pieces 0, num_splits = S, never fused).
+// Uses a's fields but for pack_gqa, grid_heads, num_m_blocks, pieces and counts.
+#define CUDA_ATTN_SIMPLE 0x7fff0000 // kernel id of the fallback (no kernel_by_id entry)
+#define CUDA_SIMPLE_MAX_D 256
+#define CUDA_SIMPLE_MAX_DV 512
+
+typedef struct cuda_simple_params {
+    cuda_attn_params a;
+    int32_t in_dtype, out_dtype, rot_dtype;  // rot_dtype: dtype of rotary_cos / rotary_sin
+    float   scale;                           // softmax scale
+    const void *qv;                          // (b, s_q, h, dv) / (total_q, h, dv) or NULL
+    int64_t qv_sb, qv_sr, qv_sh;
+    const float *q_ds, *k_ds, *v_ds;         // (b, h_k) descales (e4m3 only), NULL: 1
+    int64_t qd_sb, qd_sh, kd_sb, kd_sh, vd_sb, vd_sh;
+} cuda_simple_params;
+
+cudaError_t cuda_simple_launch(const cuda_simple_params *p, cudaStream_t stream);
+
 // ---------------------------------------------------------------------------------------------
 // Combine, merge_state, fill (cuda_combine.cu)
 
@@ -363,6 +420,9 @@ typedef struct cuda_append_params {
     int32_t max_new;                                 // upper bound of any sequence's appended rows
     const void *rot_cos, *rot_sin;                   // NULL: no rotary
     int32_t rotary_dim, rot_interleaved;
+    // scalar: element by element, any dtype (e4m3 included), any row alignment (the path of the
+    // SIMT fallback); dtype of the cache and k_new / v_new, rot_dtype of rotary_cos / rotary_sin.
+    int32_t scalar, dtype, rot_dtype;
 } cuda_append_params;
 
 cudaError_t cuda_append_launch(const cuda_append_params *p, cudaStream_t stream);
