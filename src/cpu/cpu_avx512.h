@@ -9,6 +9,8 @@
 
 #include "cpu/cpu_kernels.h"
 
+#include "cpu/cpu_avx.h"
+
 #include <immintrin.h>
 
 #define AVX512_INLINE static inline __attribute__((always_inline))
@@ -95,26 +97,6 @@ AVX512_INLINE __m512 avx512_tanh(__m512 x) {
     __m512 e = avx512_exp(_mm512_mul_ps(a, _mm512_set1_ps(-2.0f)));
     __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), _mm512_castps_si512(sign)));
-}
-
-/* 8 x 8 32-bit transpose on 256-bit vectors (faster than 16 x 16 on 512-bit where the datapath
- * is 256 bits wide, as on Zen 4): r[c] := column c. */
-AVX512_INLINE void avx512_transpose8(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int g = 0; g < 2; g++) {
-        u[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-        u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-        u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-        u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-    }
-    for (int k = 0; k < 4; k++) {
-        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
-        r[k + 4] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
-    }
 }
 
 #endif /* FA3C_CPU_AVX512_H */

@@ -3,6 +3,7 @@
  * With 16 vector registers the GEMM-like blocks are 4 rows x 2 vectors (16 columns).
  * Every row length here (d, dv, dq) is a multiple of 8, so no loop needs a tail.
  */
+#include "cpu/cpu_avx.h"
 #include "cpu/cpu_kernels.h"
 
 #include <immintrin.h>
@@ -104,31 +105,12 @@ static void row_from_f32(const float *src, float mul, int64_t n, fa3c_dtype dtyp
     }
 }
 
-/* In-register transpose of r[0..8) (8 x 8 floats): r[c] := column c. */
-INLINE void transpose8(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int g = 0; g < 2; g++) {
-        u[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-        u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-        u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-        u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-    }
-    for (int k = 0; k < 4; k++) {
-        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
-        r[k + 4] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
-    }
-}
-
 static void pack_k(const void *const *rows, int64_t n16, int64_t dk, fa3c_dtype dtype, int64_t c0, float *kt) {
     for (int64_t jb = 0; jb < n16; jb += 8) {
         for (int64_t cb = 0; cb < dk; cb += 8) {
             __m256 r[8];
             for (int t = 0; t < 8; t++) r[t] = load8(rows[jb + t], dtype, cb);
-            transpose8(r);
+            cpu_transpose8(r);
             for (int u = 0; u < 8; u++) _mm256_store_ps(kt + (c0 + cb + u) * CPU_NB + jb, r[u]);
         }
     }

@@ -37,7 +37,7 @@ static void pack_k(const void *const *rows, int64_t n16, int64_t dk, fa3c_dtype 
         for (int64_t cb = 0; cb < dk; cb += 8) {
             __m256 r[8];
             for (int t = 0; t < 8; t++) r[t] = avx512_load8(rows[jb + t], dtype, cb);
-            avx512_transpose8(r);
+            cpu_transpose8(r);
             for (int u = 0; u < 8; u++) _mm256_store_ps(kt + (c0 + cb + u) * CPU_NB + jb, r[u]);
         }
     }

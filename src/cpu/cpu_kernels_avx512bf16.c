@@ -43,7 +43,7 @@ static void pack_k_bf16(const void *const *rows, int64_t n16, int64_t dk, fa3c_d
         for (int64_t cb = 0; cb < dk2; cb += 8) {
             __m256 r[8];
             for (int t = 0; t < 8; t++) r[t] = load_pairs8(rows[jb + t], dtype, cb, dk2 - cb);
-            avx512_transpose8(r);
+            cpu_transpose8(r);
             int64_t cn = dk2 - cb < 8 ? dk2 - cb : 8;
             for (int64_t u = 0; u < cn; u++) _mm256_store_ps((float *)(kp + (c02 + cb + u) * CPU_NB + jb), r[u]);
         }
