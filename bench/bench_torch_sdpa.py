@@ -1,7 +1,8 @@
 """torch SDPA anchors for tools/bench_cuda.c, on the same shapes, in the same device session.
 
-prefill: bf16, d 128, h 16, 16k tokens (b = 16384 / s), s = 1k..16k, causal and not; SDPA with
-the flash and the cuDNN back-ends; TFLOP/s with FA3's count 4 b h s^2 d (halved when causal).
+prefill: FA3's sweep: bf16, hidden 2048 (d 64 / 128 / 256 with h 32 / 16 / 8), 16k tokens
+(b = 16384 / s), s = 512..16k, causal and not; SDPA with the flash and the cuDNN back-ends; TFLOP/s
+with FA3's count 4 b h s^2 d (halved when causal).
 decode: q_len 1, 32 q heads / 8 kv heads (enable_gqa), d 128, bf16, batch 1..128, KV 1k..64k,
 contiguous cache; K/V bytes read per second. Each call is timed from a CUDA graph of `inner`
 calls (median of repeats), like the fa3c decode rows. A back-end that refuses a shape prints n/a.
@@ -48,22 +49,25 @@ def time_call(fn, inner, reps, graph):
 
 
 def prefill():
-    total, h, d = 16384, 16, 128
-    print("kind,seqlen,batch,causal,backend,time_us,tflops")
-    for s in [1024, 2048, 4096, 8192, 16384]:
-        b = total // s
-        q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        for causal in (0, 1):
-            flops = 4.0 * b * h * s * s * d / (2 if causal else 1)
-            for name, be in BACKENDS:
-                try:
-                    with sdpa_kernel(be):
-                        t = time_call(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)), 1, 15,
-                                      False)
-                    print(f"torch_prefill,{s},{b},{causal},{name},{t * 1e6:.1f},{flops / t * 1e-12:.1f}", flush=True)
-                except Exception as e:  # a back-end that does not take the shape
-                    print(f"torch_prefill,{s},{b},{causal},{name},n/a,n/a  # {type(e).__name__}", flush=True)
-        del q, k, v
+    total, hidden = 16384, 2048
+    print("kind,seqlen,batch,causal,heads,d,backend,time_us,tflops")
+    for d in (64, 128, 256):
+        h = hidden // d
+        for s in [512, 1024, 2048, 4096, 8192, 16384]:
+            b = total // s
+            q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            for causal in (0, 1):
+                flops = 4.0 * b * h * s * s * d / (2 if causal else 1)
+                for name, be in BACKENDS:
+                    row = f"torch_prefill,{s},{b},{causal},{h},{d},{name}"
+                    try:
+                        with sdpa_kernel(be):
+                            t = time_call(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)), 1,
+                                          15, False)
+                        print(f"{row},{t * 1e6:.1f},{flops / t * 1e-12:.1f}", flush=True)
+                    except Exception as e:  # a back-end that does not take the shape
+                        print(f"{row},n/a,n/a  # {type(e).__name__}", flush=True)
+            del q, k, v
 
 
 def decode(max_gib):

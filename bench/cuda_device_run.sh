@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build the cuda backend, then the steps named in $1 (comma-separated):
-#   test      tests/test_cuda (GPU cases, CUDA-graph decode; again with FA3C_CUDA_SPLIT=exact) and
-#             tests/test_combine
-#   sweep     the quick forward sweep (FA3C_SWEEP=quick tests/test_fwd_sweep), every backend
+#   test      tests/test_cuda (GPU cases, CUDA-graph decode; again with FA3C_CUDA_SPLIT=exact, with
+#             FA3C_CUDA_SM90=0: the mma.sync kernels only, and with FA3C_CUDA_TMA=0: the wgmma
+#             kernel gathering every tile with cp.async) and tests/test_combine
+#   sweep     the quick forward sweep (FA3C_SWEEP=quick tests/test_fwd_sweep) on cuda, with and
+#             without the wgmma kernels (the CPU backends run it in CI)
+#   sass      registers, spills and instruction counts (HGMMA, HMMA, local memory) of the kernels
 #   sanitize  compute-sanitizer memcheck over every $SANITIZE_EVERY-th test_cuda case and the graph
 #             tests; then racecheck over the graph tests alone (FA3C_TEST_CUDA_EVERY=1000)
-#   bench     tools/bench_cuda.c: prefill, and decode once per split mode in $SPLIT_MODES
+#   bench     tools/bench_cuda.c: prefill, and decode once per split mode in $SPLIT_MODES; prefill
+#             again with FA3C_CUDA_SM90=0 (the mma.sync kernels)
 #   base      the same benchmark built from the cuda sources in .base/ (a copy of an earlier
 #             version: src/cuda/* and tools/bench_cuda.c), for before/after in one run. Make it with
 #             mkdir -p .base/cuda; for f in $(git ls-tree --name-only REV src/cuda/); do
@@ -28,7 +32,7 @@ stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; nvcc --version | tail -2; } \
     > "$OUT/build.log" 2>&1
 stamp "build"
-if ! { cmake -S . -B "$BUILD" -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build "$BUILD" -j16; } \
+if ! { cmake -S . -B "$BUILD" -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build "$BUILD" -j16 ${BUILD_TARGETS:+--target $BUILD_TARGETS}; } \
     >> "$OUT/build.log" 2>&1; then
     grep -E "error|Error" "$OUT/build.log" | head -40
     exit 1
@@ -51,20 +55,42 @@ if [[ $steps == *,test,* ]]; then
     FA3C_CUDA_SPLIT=exact timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" >> "$OUT/test_cuda.log" 2>&1 || rc=1
     sed -n '/=== FA3C_CUDA_SPLIT=exact/,$p' "$OUT/test_cuda.log" | grep -E "FAIL|test_cuda:" | tail -20
     stamp "test_cuda (exact splits) done"
+    for env in FA3C_CUDA_SM90=0 FA3C_CUDA_TMA=0; do
+        echo "=== $env" >> "$OUT/test_cuda.log"
+        env $env timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" >> "$OUT/test_cuda.log" 2>&1 || rc=1
+        sed -n "/=== $env/,\$p" "$OUT/test_cuda.log" | grep -E "FAIL|test_cuda:" | tail -20
+        stamp "test_cuda ($env) done"
+    done
     timeout 60 "./$BUILD/tests/test_combine" > "$OUT/tests_other.log" 2>&1 || rc=1
     grep -E "FAIL|test_combine:" "$OUT/tests_other.log" | tail -10
     stamp "test_combine done"
 fi
 if [[ $steps == *,sweep,* ]]; then
-    FA3C_SWEEP=quick timeout ${T_SWEEP:-300} "./$BUILD/tests/test_fwd_sweep" >> "$OUT/tests_other.log" 2>&1 || rc=1
-    grep -E "FAIL.*\[cuda\]|test_fwd_sweep:" "$OUT/tests_other.log" | tail -30
-    stamp "sweep done"
+    for sm90 in 1 0; do
+        echo "=== sweep FA3C_CUDA_SM90=$sm90" >> "$OUT/tests_other.log"
+        FA3C_CUDA_SM90=$sm90 FA3C_SWEEP=quick FA3C_SWEEP_BACKENDS=cuda timeout ${T_SWEEP:-300} \
+            "./$BUILD/tests/test_fwd_sweep" >> "$OUT/tests_other.log" 2>&1 || rc=1
+        sed -n "/=== sweep FA3C_CUDA_SM90=$sm90/,\$p" "$OUT/tests_other.log" | grep -E "FAIL.*\[cuda\]|test_fwd_sweep:" | tail -20
+        stamp "sweep (FA3C_CUDA_SM90=$sm90) done"
+    done
+fi
+if [[ $steps == *,sass,* ]]; then
+    obj=$(find "$BUILD" -name 'cuda_attn_sm90.cu.o' | head -1)
+    cuobjdump -res-usage "$obj" 2>&1 | grep -E "Function|REG" | paste - - | sed -E 's/ +/ /g' | cut -c1-200 > "$OUT/sass.log"
+    cuobjdump -sass "$obj" > "$OUT/sass_sm90.txt" 2>&1
+    echo "sm90 object: HGMMA $(grep -c HGMMA "$OUT/sass_sm90.txt"), HMMA $(grep -c 'HMMA' "$OUT/sass_sm90.txt"), LDL/STL $(grep -cE 'LDL|STL' "$OUT/sass_sm90.txt"), SETMAXREG $(grep -c SETMAXREG "$OUT/sass_sm90.txt")" | tee -a "$OUT/sass.log"
+    cat "$OUT/sass.log" | head -12
 fi
 if [[ $steps == *,bench,* ]]; then
     timeout ${T_BENCH:-240} "./$BUILD/fa3c_bench_cuda" ${BENCH_WHAT:-all} ${BENCH_GIB:-34} "$SPLIT_MODES" \
         > "$OUT/bench_fa3c.csv" 2>&1 || rc=1
     grep -vE "^decode,[a-z]+,[0-9]+,[0-9]+,(1|64)," "$OUT/bench_fa3c.csv" # page sizes 1 and 64: in the file
     stamp "bench done"
+    if [[ ${BENCH_WHAT:-all} != decode ]]; then # prefill again on the mma.sync kernels alone
+        FA3C_CUDA_SM90=0 timeout ${T_BENCH:-240} "./$BUILD/fa3c_bench_cuda" prefill > "$OUT/bench_mma_sync.csv" 2>&1 || rc=1
+        sed 's/^prefill,/prefill_mma_sync,/' "$OUT/bench_mma_sync.csv" | grep "^prefill_mma_sync"
+        stamp "bench (mma.sync prefill) done"
+    fi
 fi
 if [[ $steps == *,base,* ]]; then
     timeout ${T_BASE:-150} /tmp/fa3c-base/build/fa3c_bench_cuda ${BENCH_WHAT:-all} ${BENCH_GIB:-34} \

@@ -467,7 +467,7 @@ int main(void) {
 
     const char *every_env = getenv("FA3C_TEST_CUDA_EVERY");
     int every = every_env && atoi(every_env) > 0 ? atoi(every_env) : 1;
-    int passed = 0, failed = 0;
+    int passed = 0, failed = 0, sm90_cases = 0;
     for (int i = 0; i < l.n; i += every) {
         tu_case *c = &l.k[i].c;
         tu_case_describe(c, "");
@@ -484,9 +484,10 @@ int main(void) {
             tu_verdict v = tu_run(ctxs[k], &p, TU_RULE_FA3, &rep);
             bool ok = v == TU_PASS || (v == TU_SKIP && !is_cuda);
             const char *name = is_cuda ? "cuda" : "cpu-ref";
+            if (is_cuda && rep.kernel && strncmp(rep.kernel, "wgmma_sm90", 10) == 0) sm90_cases++;
             if (v == TU_PASS)
-                printf("%-4s [%-7s] %-96s S=%-3d err %.3g <= %.3g\n", ok ? "ok" : "FAIL", name, c->name, rep.num_splits,
-                       rep.max_err, rep.bound);
+                printf("%-4s [%-7s] %-96s S=%-3d err %.3g <= %.3g %s\n", ok ? "ok" : "FAIL", name, c->name,
+                       rep.num_splits, rep.max_err, rep.bound, is_cuda && rep.kernel ? rep.kernel : "");
             else
                 printf("%-4s [%-7s] %-96s S=%-3d %s\n", ok ? (v == TU_SKIP ? "skip" : "ok") : "FAIL", name, c->name,
                        rep.num_splits, rep.msg);
@@ -496,6 +497,20 @@ int main(void) {
         tu_prepared_free(&p);
     }
     char msg[512];
+    /* On compute capability 9.x the prefill-shaped cases must have run the wgmma kernel (unless
+     * FA3C_CUDA_SM90=0 keeps them on mma.sync). */
+    bool want_sm90 = every == 1 && !(getenv("FA3C_CUDA_SM90") && strcmp(getenv("FA3C_CUDA_SM90"), "0") == 0);
+#ifdef FA3C_HAVE_CUDA
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+    want_sm90 = want_sm90 && major == 9;
+#else
+    want_sm90 = false;
+#endif
+    if (want_sm90) {
+        printf("%-4s [cuda   ] cases on the wgmma kernel: %d\n", sm90_cases > 0 ? "ok" : "FAIL", sm90_cases);
+        sm90_cases > 0 ? passed++ : failed++;
+    }
     bool ok = bad_metadata_rejected(cuda, msg, sizeof msg);
     printf("%-4s [cuda   ] foreign scheduler_metadata rejected: %s\n", ok ? "ok" : "FAIL", msg);
     ok ? passed++ : failed++;

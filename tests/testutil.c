@@ -875,6 +875,10 @@ tu_verdict tu_run(fa3c_context *ctx, tu_prepared *p, tu_rule rule, tu_report *re
         return tu_fail_status(rep, st, "fa3c_fwd_query");
     }
     rep->num_splits = info.num_splits;
+    fa3c_problem prob;
+    fa3c_kernel_choice choice = {-1, "?"};
+    if (fa3c_problem_init(ctx, &ad, &prob) == FA3C_OK) ctx->backend->select(ctx, &prob, &choice);
+    rep->kernel = choice.name;
     if (p->c.out_accum && info.num_splits > 1) {
         const naive_result *n = &p->exact;
         int64_t S = info.num_splits;

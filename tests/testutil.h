@@ -152,6 +152,7 @@ typedef struct tu_report {
     tu_verdict v;
     double     max_err, bound;     /* the out check (max |out - ref| and its bound) */
     int32_t    num_splits;         /* resolved S of the (last) call */
+    const char *kernel;            /* the backend's kernel for the call (its select()) */
     char       msg[512];           /* why it failed or was skipped */
 } tu_report;
 

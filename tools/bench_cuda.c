@@ -2,8 +2,9 @@
  * fa3c cuda backend benchmark: CSV on stdout, one row per shape, with the same-run anchor of a
  * device-to-device copy (bytes read + written per second).
  *
- *   prefill: bf16, d = 128, h = 16 (hidden 2048), 16k tokens in total (b = 16384 / s), s = 1k..16k,
- *            causal and not; TFLOP/s with FA3's count 4 * b * h * s * s * d (halved when causal).
+ *   prefill: FA3's sweep: bf16, hidden 2048 (d = 64, 128, 256 with h = 32, 16, 8), 16k tokens in
+ *            total (b = 16384 / s), s = 512..16k, causal and not; TFLOP/s with FA3's count
+ *            4 * b * h * s * s * d (halved when causal).
  *   decode:  q_len 1, 32 q heads / 8 kv heads, d = 128, bf16, batch 1..128, KV length 1k..64k,
  *            contiguous cache and page sizes 1, 16, 64 (random page order), cache_seqlens = KV
  *            length, num_splits = 0 (heuristic); each call replayed from a CUDA graph; K/V bytes
@@ -152,37 +153,37 @@ static double copy_bandwidth(cudaStream_t st) {
 }
 
 static void bench_prefill(fa3c_context *ctx, cudaStream_t st, const void *rnd) {
-    const int64_t total = 16384, h = 16, d = 128;
-    size_t bytes = (size_t)total * h * d * 2;
+    const int64_t total = 16384, hidden = 2048;
+    size_t bytes = (size_t)total * hidden * 2;
     void *q, *k, *v, *o, *lse;
     CHECK_CUDA(cudaMalloc(&q, bytes));
     CHECK_CUDA(cudaMalloc(&k, bytes));
     CHECK_CUDA(cudaMalloc(&v, bytes));
     CHECK_CUDA(cudaMalloc(&o, bytes));
-    CHECK_CUDA(cudaMalloc(&lse, (size_t)total * h * 4));
+    CHECK_CUDA(cudaMalloc(&lse, (size_t)total * 32 * 4));
     fill_random(q, bytes, rnd, 0);
     fill_random(k, bytes, rnd, 4096);
     fill_random(v, bytes, rnd, 8192);
     printf("kind,seqlen,batch,causal,heads,d,time_us,tflops\n");
-    for (int64_t s = 1024; s <= 16384; s *= 2) {
-        for (int causal = 0; causal <= 1; causal++) {
-            int64_t b = total / s, shp[4] = {b, s, h, d}, lshp[3] = {b, h, s};
-            fa3c_fwd_args a;
-            fa3c_fwd_args_init(&a);
-            a.q = dev_tensor(q, FA3C_DTYPE_BF16, 4, shp);
-            a.k = dev_tensor(k, FA3C_DTYPE_BF16, 4, shp);
-            a.v = dev_tensor(v, FA3C_DTYPE_BF16, 4, shp);
-            a.out = dev_tensor(o, FA3C_DTYPE_BF16, 4, shp);
-            a.softmax_lse = dev_tensor(lse, FA3C_DTYPE_F32, 3, lshp);
-            a.is_causal = causal;
-            a.num_splits = 1;
-            float t = time_fwd(ctx, st, &a, 0, 1, 15);
-            double flops = 4.0 * b * h * (double)s * s * d / (causal ? 2 : 1);
-            printf("prefill,%lld,%lld,%d,%lld,%lld,%.1f,%.1f\n", (long long)s, (long long)b, causal, (long long)h,
-                   (long long)d, t * 1e6, flops / t * 1e-12);
-            fflush(stdout);
-        }
-    }
+    for (int64_t d = 64; d <= 256; d *= 2)
+        for (int64_t s = 512; s <= 16384; s *= 2)
+            for (int causal = 0; causal <= 1; causal++) {
+                int64_t h = hidden / d, b = total / s, shp[4] = {b, s, h, d}, lshp[3] = {b, h, s};
+                fa3c_fwd_args a;
+                fa3c_fwd_args_init(&a);
+                a.q = dev_tensor(q, FA3C_DTYPE_BF16, 4, shp);
+                a.k = dev_tensor(k, FA3C_DTYPE_BF16, 4, shp);
+                a.v = dev_tensor(v, FA3C_DTYPE_BF16, 4, shp);
+                a.out = dev_tensor(o, FA3C_DTYPE_BF16, 4, shp);
+                a.softmax_lse = dev_tensor(lse, FA3C_DTYPE_F32, 3, lshp);
+                a.is_causal = causal;
+                a.num_splits = 1;
+                float t = time_fwd(ctx, st, &a, 0, 1, 15);
+                double flops = 4.0 * b * h * (double)s * s * d / (causal ? 2 : 1);
+                printf("prefill,%lld,%lld,%d,%lld,%lld,%.1f,%.1f\n", (long long)s, (long long)b, causal, (long long)h,
+                       (long long)d, t * 1e6, flops / t * 1e-12);
+                fflush(stdout);
+            }
     cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(lse);
 }
 

@@ -206,6 +206,124 @@ __device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, cons
     }
 }
 
+// The keys of a CTA (rows row0 .. row0 + bm - 1 of rows, tiles of bn keys) in split slot `split`:
+// [kmin, kmax) from the first row's lo to the last row's hi (both non-decreasing in the row),
+// within the slot's keys [slo, shi). False: an exact split this sequence does not use (the caller
+// stores empty partials).
+__device__ __forceinline__ bool attn_cta_keys(const cuda_attn_params &p, int bi, int seqlen_q, int seqlen_k, int g,
+                                              int row0, int bm, int rows, int bn, int split, int64_t *slo,
+                                              int64_t *shi, int *kmin, int *kmax) {
+    int64_t lo_f, hi_f, lo_l, hi_l;
+    cuda_mask_range(p.mask, row0 / g, seqlen_q, seqlen_k, &lo_f, &hi_f);
+    cuda_mask_range(p.mask, (min(row0 + bm, rows) - 1) / g, seqlen_q, seqlen_k, &lo_l, &hi_l);
+    *slo = 0;
+    *shi = seqlen_k;
+    if (p.num_splits > 1 && p.pieces) { // slot `split` takes its run of whole tiles of [lo_f, hi_l)
+        int64_t tiles = hi_l > lo_f ? (hi_l - lo_f + bn - 1) / bn : 0;
+        int64_t per = (tiles + p.num_splits - 1) / p.num_splits;
+        *slo = min(lo_f + split * per * bn, max(hi_l, lo_f));
+        *shi = min(hi_l, *slo + per * bn);
+    } else if (p.num_splits > 1) {
+        const int n_b = p.splits_dyn ? p.splits_dyn[bi] : p.num_splits;
+        if (split >= n_b) return false;
+        cuda_split_range(seqlen_k, p.split_block_n, n_b, split, slo, shi);
+    }
+    *kmin = (int)max(lo_f, *slo);
+    *kmax = (int)min(hi_l, *shi);
+    return true;
+}
+
+// Packed row R: valid (R < rows), its token and q head, and its visible keys [lo, hi) within the
+// slot's [slo, shi) (0, 0 when not valid).
+__device__ __forceinline__ void attn_row_keys(const cuda_attn_params &p, int R, int rows, int g, int head, int hk,
+                                              int seqlen_q, int seqlen_k, int64_t slo, int64_t shi, bool *valid,
+                                              int *tok, int *hq, int *lo, int *hi) {
+    *valid = R < rows;
+    attn_row(p, R, g, head, hk, tok, hq);
+    int64_t l, h;
+    cuda_mask_range(p.mask, *tok, seqlen_q, seqlen_k, &l, &h);
+    *lo = *valid ? (int)max(l, slo) : 0;
+    *hi = *valid ? (int)min(h, shi) : 0;
+}
+
+// flo / fhi: keys visible to every valid row of the warp (a tile inside needs no mask).
+template <int R2>
+__device__ __forceinline__ void attn_warp_keys(const bool (&valid)[R2], const int (&lo)[R2], const int (&hi)[R2],
+                                               int *flo, int *fhi) {
+    int fl = INT_MIN, fh = INT_MAX;
+#pragma unroll
+    for (int e = 0; e < R2; e++)
+        if (valid[e]) {
+            fl = max(fl, lo[e]);
+            fh = min(fh, hi[e]);
+        }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        fl = max(fl, __shfl_xor_sync(0xffffffffu, fl, o));
+        fh = min(fh, __shfl_xor_sync(0xffffffffu, fh, o));
+    }
+    *flo = fl;
+    *fhi = fh;
+}
+
+// The online softmax of one m16 tile of scores (a warp's 16 rows x 8 NT keys from k0; this
+// thread's rows e = 0, 1 are lane / 4 and lane / 4 + 8): s (the mma accumulator layout) becomes P
+// = exp2(r * fac - m) in place, m (log2 units) and l advance, and o (8 OT columns) is rescaled
+// when the running max moves. Scale folded into one FFMA (softcap, or a scale <= 0, first scale
+// the scores); keys outside a row's [lo, hi) are masked unless mask_free.
+template <int NT, int OT>
+__device__ __forceinline__ void attn_softmax_tile(const cuda_attn_params &p, float (&s)[NT][4], float (&o)[OT][4],
+                                                  float *m, float *l, const int *lo, const int *hi, int k0,
+                                                  bool mask_free, int lane) {
+    float fac = p.scale_log2;
+    if (p.softcap > 0.0f || p.scale_log2 <= 0.0f) {
+        const bool cap = p.softcap > 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[nt][e] = cap ? p.softcap * tanhf(s[nt][e] * p.softcap_scale) * ATTN_LOG2E : s[nt][e] * p.scale_log2;
+        fac = 1.0f;
+    }
+    if (!mask_free) {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = k0 + nt * 8 + 2 * (lane & 3) + (e & 1), ri = e >> 1;
+                if (col < lo[ri] || col >= hi[ri]) s[nt][e] = -INFINITY;
+            }
+    }
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        const int h2 = 2 * ri;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][h2], s[nt][h2 + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float m_new = fmaxf(m[ri], mx * fac);
+        float m_use = m_new == -INFINITY ? 0.0f : m_new; // no key yet: keep exp2 away from inf - inf
+        float corr = cuda_exp2(m[ri] - m_use);
+        m[ri] = m_new;
+        l[ri] *= corr;
+        if (__any_sync(0xffffffffu, corr != 1.0f)) { // the running max moved for some row of the warp
+#pragma unroll
+            for (int ot = 0; ot < OT; ot++) {
+                o[ot][h2] *= corr;
+                o[ot][h2 + 1] *= corr;
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            float p0 = cuda_exp2(fmaf(s[nt][h2], fac, -m_use)), p1 = cuda_exp2(fmaf(s[nt][h2 + 1], fac, -m_use));
+            l[ri] += p0 + p1;
+            s[nt][h2] = p0;
+            s[nt][h2 + 1] = p1;
+        }
+    }
+}
+
 // Folds the sink logit (natural units) of q head hq into a finished row state: m (log2 units),
 // l and the unnormalised O; returns the factor O is to be multiplied by.
 __device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq, float *m, float *l) {
@@ -237,6 +355,34 @@ __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi
         if (cols == 2) *(uint32_t *)dst = cuda_pack2<BF>(o[0] * inv, o[1] * inv);
         else *dst = cuda_from_f32<BF>(o[0] * inv);
         if (write_lse && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = lse;
+    }
+}
+
+// The finished rows e = 0, 1 of one m16 tile (as in attn_softmax_tile; l summed over the 4 lanes
+// of a row): the sink folded in (sink), then out and lse, or the slot's partial, of valid rows.
+template <int BF, int OT>
+__device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int bi, int q_offset, int split,
+                                                const bool *valid, const int *tok, const int *hq, float (&o)[OT][4],
+                                                float *m, float *l, bool sink, bool poison, int lane) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        const int h2 = 2 * ri;
+        if (!valid[ri]) continue;
+        if (sink) {
+            float corr = attn_add_sink(p, hq[ri], &m[ri], &l[ri]);
+#pragma unroll
+            for (int ot = 0; ot < OT; ot++) {
+                o[ot][h2] *= corr;
+                o[ot][h2 + 1] *= corr;
+            }
+        }
+#pragma unroll
+        for (int ot = 0; ot < OT; ot++) {
+            int col = ot * 8 + 2 * (lane & 3);
+            if (col < p.dv)
+                attn_store_row<BF>(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, col, 2, &o[ot][h2], m[ri], l[ri],
+                                   ot == 0 && (lane & 3) == 0, poison);
+        }
     }
 }
 
@@ -337,57 +483,23 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     if (row0 >= rows) return;
     const int hk = p.pack_gqa ? head : head / p.g;
 
-    // The CTA's keys before splitting: from the first row's lo to the last row's hi (both
-    // non-decreasing in the row).
-    int64_t lo_f, hi_f, lo_l, hi_l;
-    {
-        int i_first = row0 / g, i_last = (min(row0 + BM, rows) - 1) / g;
-        cuda_mask_range(p.mask, i_first, seqlen_q, seqlen_k, &lo_f, &hi_f);
-        cuda_mask_range(p.mask, i_last, seqlen_q, seqlen_k, &lo_l, &hi_l);
-    }
-    int64_t slo = 0, shi = seqlen_k;
-    if (p.num_splits > 1 && p.pieces) { // slot `split` takes its run of whole tiles of [lo_f, hi_l)
-        int64_t tiles = hi_l > lo_f ? (hi_l - lo_f + BN - 1) / BN : 0;
-        int64_t per = (tiles + p.num_splits - 1) / p.num_splits;
-        slo = min(lo_f + split * per * BN, max(hi_l, lo_f));
-        shi = min(hi_l, slo + per * BN);
-    } else if (p.num_splits > 1) {
-        const int n_b = p.splits_dyn ? p.splits_dyn[bi] : p.num_splits;
-        if (split >= n_b) {
-            attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
-            return;
-        }
-        cuda_split_range(seqlen_k, p.split_block_n, n_b, split, &slo, &shi);
+    int64_t slo, shi;
+    int kmin, kmax;
+    if (!attn_cta_keys(p, bi, seqlen_q, seqlen_k, g, row0, BM, rows, BN, split, &slo, &shi, &kmin, &kmax)) {
+        attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
+        return;
     }
 
-    // This thread's rows (accumulator rows lane/4 and lane/4 + 8 of each of its m16 tiles):
-    // visible keys within the split. flo/fhi: keys visible to every valid row of the warp.
+    // This thread's rows (accumulator rows lane/4 and lane/4 + 8 of each of its m16 tiles).
     const int wrow0 = WSPLIT ? 0 : warp * 16 * MT, kw0 = WSPLIT ? warp * KW : 0;
     int rlo[R2], rhi[R2], rtok[R2], rhq[R2];
     bool rvalid[R2];
-    int flo = INT_MIN, fhi = INT_MAX;
 #pragma unroll
-    for (int e = 0; e < R2; e++) {
-        int R = row0 + wrow0 + (e >> 1) * 16 + (lane >> 2) + 8 * (e & 1);
-        rvalid[e] = R < rows;
-        attn_row(p, R, g, head, hk, &rtok[e], &rhq[e]);
-        int64_t lo, hi;
-        cuda_mask_range(p.mask, rtok[e], seqlen_q, seqlen_k, &lo, &hi);
-        lo = max(lo, slo);
-        hi = min(hi, shi);
-        rlo[e] = rvalid[e] ? (int)lo : 0;
-        rhi[e] = rvalid[e] ? (int)hi : 0;
-        if (rvalid[e]) {
-            flo = max(flo, rlo[e]);
-            fhi = min(fhi, rhi[e]);
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        flo = max(flo, __shfl_xor_sync(0xffffffffu, flo, o));
-        fhi = min(fhi, __shfl_xor_sync(0xffffffffu, fhi, o));
-    }
-    const int kmin = (int)max(lo_f, slo), kmax = (int)min(hi_l, shi);
+    for (int e = 0; e < R2; e++)
+        attn_row_keys(p, row0 + wrow0 + (e >> 1) * 16 + (lane >> 2) + 8 * (e & 1), rows, g, head, hk, seqlen_q,
+                      seqlen_k, slo, shi, &rvalid[e], &rtok[e], &rhq[e], &rlo[e], &rhi[e]);
+    int flo, fhi;
+    attn_warp_keys<R2>(rvalid, rlo, rhi, &flo, &fhi);
     const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
     const bool warp_active = row0 + wrow0 < rows;
 
@@ -483,61 +595,11 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
             }
         }
 
-        // Scores: raw values r with p = exp2(r * fac - m), m = max(r) * fac in log2 units (the scale
-        // folded into one FFMA; softcap, or a scale <= 0, scale first), masked outside each row's keys.
-        float fac = p.scale_log2;
-        if (p.softcap > 0.0f || p.scale_log2 <= 0.0f) {
-            const bool cap = p.softcap > 0.0f;
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NTW; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        s[mt][nt][e] = cap ? p.softcap * tanhf(s[mt][nt][e] * p.softcap_scale) * ATTN_LOG2E
-                                           : s[mt][nt][e] * p.scale_log2;
-            fac = 1.0f;
-        }
         const bool mask_free = k0 >= flo && k0 + KW <= fhi;
-        if (!mask_free) {
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NTW; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        int col = k0 + nt * 8 + 2 * (lane & 3) + (e & 1), ri = 2 * mt + (e >> 1);
-                        if (col < rlo[ri] || col >= rhi[ri]) s[mt][nt][e] = -INFINITY;
-                    }
-        }
-#pragma unroll
-        for (int ri = 0; ri < R2; ri++) {
-            const int mt = ri >> 1, h2 = 2 * (ri & 1);
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < NTW; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][h2], s[mt][nt][h2 + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float m_new = fmaxf(m[ri], mx * fac);
-            float m_use = m_new == -INFINITY ? 0.0f : m_new; // no key yet: keep exp2 away from inf - inf
-            float corr = cuda_exp2(m[ri] - m_use);
-            m[ri] = m_new;
-            l[ri] *= corr;
-            if (__any_sync(0xffffffffu, corr != 1.0f)) { // the running max moved for some row of the warp
-#pragma unroll
-                for (int ot = 0; ot < OTILES; ot++) {
-                    oacc[mt][ot][h2] *= corr;
-                    oacc[mt][ot][h2 + 1] *= corr;
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < NTW; nt++) {
-                float p0 = cuda_exp2(fmaf(s[mt][nt][h2], fac, -m_use)), p1 = cuda_exp2(fmaf(s[mt][nt][h2 + 1], fac, -m_use));
-                l[ri] += p0 + p1;
-                s[mt][nt][h2] = p0;
-                s[mt][nt][h2 + 1] = p1;
-            }
-        }
+        for (int mt = 0; mt < MT; mt++)
+            attn_softmax_tile<NTW, OTILES>(p, s[mt], oacc[mt], &m[2 * mt], &l[2 * mt], &rlo[2 * mt], &rhi[2 * mt], k0,
+                                           mask_free, lane);
 
         // O += P V, P rounded to the input dtype.
 #pragma unroll
@@ -574,26 +636,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     if constexpr (!WSPLIT) {
         if (!warp_active) return;
 #pragma unroll
-        for (int ri = 0; ri < R2; ri++) {
-            const int mt = ri >> 1, h2 = 2 * (ri & 1);
-            if (!rvalid[ri]) continue;
-            if (sink) {
-                float corr = attn_add_sink(p, rhq[ri], &m[ri], &l[ri]);
-#pragma unroll
-                for (int ot = 0; ot < OTILES; ot++) {
-                    oacc[mt][ot][h2] *= corr;
-                    oacc[mt][ot][h2 + 1] *= corr;
-                }
-            }
-            int64_t tok = sl.q_offset + rtok[ri];
-#pragma unroll
-            for (int ot = 0; ot < OTILES; ot++) {
-                int col = ot * 8 + 2 * (lane & 3);
-                if (col < p.dv)
-                    attn_store_row<BF>(p, bi, tok, rhq[ri], split, col, 2, &oacc[mt][ot][h2], m[ri], l[ri],
-                                       ot == 0 && (lane & 3) == 0, poison);
-            }
-        }
+        for (int mt = 0; mt < MT; mt++)
+            attn_store_tile<BF, OTILES>(p, bi, sl.q_offset, split, &rvalid[2 * mt], &rtok[2 * mt], &rhq[2 * mt],
+                                        oacc[mt], &m[2 * mt], &l[2 * mt], sink, poison, lane);
     } else {
         // Merge the 4 warps' states of the 16 rows (each saw a quarter of every key tile) in the
         // K/V stages, then each thread finishes some (row, column) elements.
@@ -636,7 +681,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
 }
 
 template <int HD, int DV, int BF, int MT, int WSPLIT>
-static cudaError_t attn_launch(const cuda_attn_params *p, cudaStream_t stream) {
+static cudaError_t attn_launch(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream) {
+    (void)tma;
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
     attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>
@@ -658,7 +704,7 @@ static cudaError_t attn_occupancy(int *ctas_per_sm) {
 
 #define ATTN_KERNEL_ENTRY(HD, DV, BF, MT, WSPLIT, NAME)                                                               \
     {                                                                                                                \
-        HD, DV, BF, WSPLIT, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT), attn_block_m(MT, WSPLIT),                    \
+        HD, DV, BF, WSPLIT, 0, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT), attn_block_m(MT, WSPLIT),                    \
             attn_block_n(HD, MT, WSPLIT), attn_launch<HD, DV, BF, MT, WSPLIT>, attn_prepare<HD, DV, BF, MT, WSPLIT>, \
             attn_occupancy<HD, DV, BF, MT, WSPLIT>                                                                   \
     }

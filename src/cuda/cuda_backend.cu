@@ -39,11 +39,12 @@ static fa3c_status use_device(const fa3c_context *ctx) {
 // Kernel table: one entry per (head-dim bucket, dv bucket, dtype, row shape).
 
 static const cuda_attn_kernel *const kernel_groups[] = {
-    fa3c_cuda_attn_d64, fa3c_cuda_attn_d96, fa3c_cuda_attn_d128, fa3c_cuda_attn_d192, fa3c_cuda_attn_d256,
+    fa3c_cuda_attn_d64, fa3c_cuda_attn_d96,  fa3c_cuda_attn_d128,
+    fa3c_cuda_attn_d192, fa3c_cuda_attn_d256, fa3c_cuda_attn_sm90,
 };
 static const int kernel_group_size[] = {
-    CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET,
-    2 * CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET,
+    CUDA_ATTN_KERNELS_PER_BUCKET,     CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET,
+    2 * CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_SM90_KERNELS,
 };
 #define KERNEL_GROUPS ((int)(sizeof kernel_groups / sizeof kernel_groups[0]))
 
@@ -54,11 +55,12 @@ static const cuda_attn_kernel *kernel_by_id(int32_t id) {
     return &kernel_groups[gi][ki];
 }
 
-static int32_t kernel_find(int hd, int dv, int bf16, int decode) {
+static int32_t kernel_find(int hd, int dv, int bf16, int decode, int sm90) {
     for (int gi = 0; gi < KERNEL_GROUPS; gi++)
         for (int ki = 0; ki < kernel_group_size[gi]; ki++) {
             const cuda_attn_kernel *k = &kernel_groups[gi][ki];
-            if (k->hd == hd && k->dv == dv && k->bf16 == bf16 && k->decode == decode) return gi * 8 + ki;
+            if (k->hd == hd && k->dv == dv && k->bf16 == bf16 && k->decode == decode && k->sm90 == sm90)
+                return gi * 8 + ki;
         }
     return -1;
 }
@@ -75,6 +77,16 @@ static fa3c_status split_mode_from_env(int *mode) {
     else if (strcmp(v, "exact") == 0) *mode = CUDA_SPLIT_EXACT;
     else if (strcmp(v, "max") == 0) *mode = CUDA_SPLIT_MAX;
     else return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "FA3C_CUDA_SPLIT: expected exact, fill or max, got \"%s\"", v);
+    return FA3C_OK;
+}
+
+// $FA3C_CUDA_SM90: 1 (default) lets compute capability 9.x devices run the wgmma kernels, 0 keeps
+// every problem on the mma.sync kernels (tests force both paths).
+static fa3c_status sm90_from_env(int *on) {
+    const char *v = getenv("FA3C_CUDA_SM90");
+    if (!v || !*v || strcmp(v, "1") == 0) *on = 1;
+    else if (strcmp(v, "0") == 0) *on = 0;
+    else return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "FA3C_CUDA_SM90: expected 0 or 1, got \"%s\"", v);
     return FA3C_OK;
 }
 
@@ -98,8 +110,9 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     if (prop.major < 8)
         return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: device %d (%s) has compute capability %d.%d; the cuda "
                          "backend needs 8.0 or newer", (int)opt->device_index, prop.name, prop.major, prop.minor);
-    int split_mode;
+    int split_mode, sm90;
     FA3C_TRY(split_mode_from_env(&split_mode));
+    FA3C_TRY(sm90_from_env(&sm90));
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     int *occ = (int *)calloc((size_t)KERNEL_GROUPS * 8, sizeof(int));
     if (!st || !occ) {
@@ -114,11 +127,21 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     st->smem_optin = prop.sharedMemPerBlockOptin;
     st->occupancy = occ;
     st->split_mode = split_mode;
+    st->sm90 = sm90 && prop.major == 9;
+    // The bulk-copy tensor-map encoder (driver API, fetched through the runtime); $FA3C_CUDA_TMA=0
+    // leaves it out, so the wgmma kernel gathers every tile with cp.async (tests force both paths).
+    const char *tma_env = getenv("FA3C_CUDA_TMA");
+    if (st->sm90 && !(tma_env && strcmp(tma_env, "0") == 0)) {
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &st->tma_encode, 12000, cudaEnableDefault,
+                                             &q) != cudaSuccess || q != cudaDriverEntryPointSuccess)
+            st->tma_encode = NULL;
+    }
     // The shared-memory opt-in is a per-device property of each kernel; the occupancy follows it.
     for (int gi = 0; gi < KERNEL_GROUPS; gi++)
         for (int ki = 0; ki < kernel_group_size[gi]; ki++) {
             const cuda_attn_kernel *k = &kernel_groups[gi][ki];
-            if (k->smem > st->smem_optin) continue;
+            if (k->smem > st->smem_optin || (k->sm90 && !st->sm90)) continue;
             cudaError_t err = k->prepare();
             if (err == cudaSuccess) err = k->occupancy(&occ[gi * 8 + ki]);
             if (err != cudaSuccess) {
@@ -236,8 +259,12 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         if (!rows_aligned(rows[i])) return NULL;
     // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the keys.
+    // More rows run the wgmma kernel where it exists (Hopper; d = dv = 64 or 128; no q rotary).
     int64_t g = p->h / p->h_k, rows_per_seq = p->s_q * (p->pack_gqa ? g : 1);
-    int32_t id = kernel_find((int)hd, (int)dvb, p->in_dtype == FA3C_DTYPE_BF16, rows_per_seq <= 16);
+    const int bf16 = p->in_dtype == FA3C_DTYPE_BF16, decode = rows_per_seq <= 16;
+    int32_t id = -1;
+    if (st->sm90 && !decode && !p->has_rotary && dvb == hd) id = kernel_find((int)hd, (int)dvb, bf16, 0, 1);
+    if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, decode, 0);
     const cuda_attn_kernel *k = kernel_by_id(id);
     if (!k) return NULL;
     int64_t num_m = (rows_per_seq + k->block_m - 1) / k->block_m;
@@ -467,6 +494,46 @@ static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t k
     return (int32_t)(w > 1 ? w : 1);
 }
 
+// One bulk-copy tensor map of a contiguous-row cache t (b_k, s_k, h_k, d) / (total_k, h_k, d):
+// dims (d, rows, h_k, batches), the middle two swapped when heads_first (the usual layout, heads
+// inside a row: the encoder takes dims in order of increasing stride); boxes of 64 columns x
+// box_rows rows, 128-byte swizzle. False where the driver refuses the strides (the kernel then
+// gathers with cp.async).
+static bool tma_map(const cuda_state *st, const fa3c_problem *p, const fa3c_tensor *t, int box_rows, int heads_first,
+                    CUtensorMap *map) {
+    typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+    const int n = t->ndim; // 4 batched, 3 varlen
+    const int64_t rows = t->shape[n - 3], heads = t->shape[n - 2], width = t->shape[n - 1];
+    const int64_t batches = n == 4 ? t->shape[0] : 1;
+    const int64_t sr = t->stride[n - 3], sh = t->stride[n - 2], sb = n == 4 ? t->stride[0] : rows * sr;
+    if (t->stride[n - 1] != 1 || sr <= 0 || sh <= 0 || sb <= 0) return false;
+    cuuint64_t dims[4] = {(cuuint64_t)width, (cuuint64_t)rows, (cuuint64_t)heads, (cuuint64_t)batches};
+    cuuint64_t strides[3] = {(cuuint64_t)sr * 2, (cuuint64_t)sh * 2, (cuuint64_t)sb * 2};
+    cuuint32_t box[4] = {64, (cuuint32_t)box_rows, 1, 1}, elem[4] = {1, 1, 1, 1};
+    if (heads_first) {
+        dims[1] = (cuuint64_t)heads, dims[2] = (cuuint64_t)rows;
+        strides[0] = (cuuint64_t)sh * 2, strides[1] = (cuuint64_t)sr * 2;
+        box[1] = 1, box[2] = (cuuint32_t)box_rows;
+    }
+    CUtensorMapDataType dt = p->in_dtype == FA3C_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                             : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    return ((encode_fn)st->tma_encode)(map, dt, 4, t->data, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                       CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The wgmma kernel's K and V tensor maps: a contiguous-row cache only (a paged one is gathered).
+static void tma_maps(const cuda_state *st, const fa3c_problem *p, int block_n, cuda_tma *tma) {
+    const fa3c_fwd_args *a = p->args;
+    const int n = a->k.ndim;
+    tma->varlen = p->varlen_k;
+    tma->heads_first = a->k.stride[n - 2] <= a->k.stride[n - 3] && a->v.stride[n - 2] <= a->v.stride[n - 3];
+    tma->on = st->tma_encode && !p->paged && tma_map(st, p, &a->k, block_n, tma->heads_first, &tma->k) &&
+              tma_map(st, p, &a->v, block_n, tma->heads_first, &tma->v);
+}
+
 // The SIMT fallback's launch: ap (filled by cuda_fwd) plus dtypes, qv and the e4m3 descales.
 static fa3c_status run_simple(const fa3c_problem *p, const cuda_attn_params *ap, cudaStream_t stream) {
     const fa3c_fwd_args *a = p->args;
@@ -641,7 +708,12 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.counts = counts;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
     if (simple) FA3C_TRY(run_simple(p, &ap, stream));
-    else if (ap.num_m_blocks > 0) CUDA_TRY(kern->launch(&ap, stream), kern->name);
+    else if (ap.num_m_blocks > 0) {
+        cuda_tma tma;
+        memset(&tma, 0, sizeof tma);
+        if (kern->sm90) tma_maps(cst, p, kern->block_n, &tma);
+        CUDA_TRY(kern->launch(&ap, &tma, stream), kern->name);
+    }
 
     if (W > 1 && !fused) {
         cuda_combine_params cp;
@@ -732,7 +804,7 @@ static fa3c_status cuda_merge_state(fa3c_context *ctx, const fa3c_tensor *out_a,
 
 extern "C" const fa3c_backend fa3c_backend_cuda = {
     "cuda",
-    "NVIDIA GPUs (sm_80+): mma.sync tensor-core attention (SIMT fallback for e4m3, qv, other head dims), paged KV, "
+    "NVIDIA GPUs (sm_80+): wgmma (sm_90) and mma.sync tensor-core attention (SIMT fallback for e4m3, qv, other head dims), paged KV, "
     "split-KV with combine",
     FA3C_DEVICE_CUDA,
     cuda_available,

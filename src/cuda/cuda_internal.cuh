@@ -7,6 +7,7 @@
 #ifndef FA3C_CUDA_INTERNAL_CUH
 #define FA3C_CUDA_INTERNAL_CUH
 
+#include <cuda.h> // CUtensorMap (a type only: the driver's encoder is fetched at run time)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -35,6 +36,8 @@ typedef struct cuda_state {
     int     n_retired, cap_retired;
     int    *occupancy;  // resident CTAs per SM of each attention kernel (by kernel id)
     int     split_mode; // CUDA_SPLIT_* ($FA3C_CUDA_SPLIT at context creation)
+    int     sm90;       // the wgmma kernels run here: compute capability 9.x and $FA3C_CUDA_SM90 != 0
+    void   *tma_encode; // the driver's cuTensorMapEncodeTiled (sm90 only; NULL: no TMA)
 } cuda_state;
 
 // How a forward with S > 1 and no out_accum spreads the keys over CTAs ($FA3C_CUDA_SPLIT):
@@ -331,13 +334,24 @@ typedef struct cuda_attn_params {
     cuda_meta_check meta;                  // checked when out/lse are written here
 } cuda_attn_params;
 
+// Tensor maps of a contiguous-row K and V cache (not paged) for the wgmma kernel's bulk tensor
+// copies: dims (d, rows, h_k, batches), or (d, h_k, rows, batches) when heads_first -- rows = s_k
+// (batched) or total_k (varlen, batches 1) -- boxes of 64 columns x block_n rows in the 128-byte
+// swizzle. on = 0: the kernel gathers rows with cp.async instead (paged cache, or strides the copy
+// engine cannot describe).
+typedef struct cuda_tma {
+    CUtensorMap k, v;
+    int32_t     on, varlen, heads_first; // varlen: rows are packed tokens (batch coordinate 0)
+} cuda_tma;
+
 typedef struct cuda_attn_kernel {
     int         hd, dv, bf16;
     int         decode;     // 1: the few-rows variant (16 rows, the 4 warps split each key tile)
+    int         sm90;       // 1: the wgmma kernel (compute capability 9.x only)
     const char *name;
     size_t      smem;       // dynamic shared memory per block
     int         block_m, block_n;
-    cudaError_t (*launch)(const cuda_attn_params *p, cudaStream_t stream);
+    cudaError_t (*launch)(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream); // tma: sm90 only
     cudaError_t (*prepare)(void); // raises the kernel's dynamic shared memory limit (per device)
     cudaError_t (*occupancy)(int *ctas_per_sm); // after prepare
 } cuda_attn_kernel;
@@ -348,6 +362,8 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d96[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d128[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCKET]; // dv 192, then dv 128
 extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
+#define CUDA_ATTN_SM90_KERNELS 4 // {d 64, d 128} x {bf16, f16}, many rows (cuda_attn_sm90.cu)
+extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
 
 // The SIMT fallback (cuda_attn_simple.cu): every problem the tensor-core kernels refuse (e4m3
 // inputs, qv, head dims without a tile, unaligned rows). One warp per (sequence, q head, query

@@ -1,0 +1,301 @@
+// The Hopper attention forward (sm_90a): wgmma tensor cores fed by a producer warpgroup, for
+// prefill-shaped work (more than 16 packed query rows a sequence) with d = dv = 64 or 128, fp16
+// and bf16. Everything else stays on the mma.sync kernels (cuda_attn.cuh), which also serve every
+// other GPU; this kernel takes all of their run-time features but q rotary: masks, softcap, sinks,
+// paging with any page size, varlen, pack-GQA, split slots (exact or pieces).
+//
+// One CTA = 3 warpgroups on BM = 128 query rows of one (sequence, head, split slot):
+//   producer   (warpgroup 0, 56 registers a thread) copies the Q tile and NST stages of K and V
+//              tiles (BN = 128 keys) with cp.async into 128-byte-swizzled shared memory; each copy
+//              completes on an mbarrier (full), and a stage is refilled once its consumers
+//              released it (empty). For a paged cache the page ids of a tile are staged in shared
+//              memory first, so any page size works with one lookup per key row.
+//   consumers  (warpgroups 1 and 2, 224 registers a thread) own 64 rows each: S = Q K^T with
+//              wgmma from shared memory (64 x 128 fp32 in registers), the online softmax of
+//              cuda_attn.cuh in registers, then O += P V with P from registers and V from shared
+//              memory (B operand MN-major, so V needs no transpose).
+// The two consumer warpgroups run independently, so one's softmax overlaps the other's wgmma.
+//
+// Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
+// (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
+#include "cuda/cuda_attn.cuh"
+#include "cuda/cuda_sm90.cuh"
+
+#define SM90_THREADS 384
+#define SM90_BM 128
+#define SM90_BN 128
+#define SM90_PRODUCER_REGS 56
+#define SM90_CONSUMER_REGS 224 // 128 x 56 + 256 x 224 <= 64K registers of the SM
+
+// K/V stages: as many as fit beside the Q tile in 227 KB.
+__host__ __device__ constexpr int sm90_stages(int hd) { return hd <= 64 ? 4 : 2; }
+
+// Byte offsets in the (1024-aligned) shared memory: Q, K stages, V stages, 2 rows of page ids,
+// then the mbarriers (full Q; full K, full V, empty K, empty V per stage).
+__host__ __device__ constexpr int sm90_tile_bytes(int rows, int hd) { return rows * hd * 2; }
+__host__ __device__ constexpr int sm90_off_k(int hd) { return sm90_tile_bytes(SM90_BM, hd); }
+__host__ __device__ constexpr int sm90_off_v(int hd) {
+    return sm90_off_k(hd) + sm90_stages(hd) * sm90_tile_bytes(SM90_BN, hd);
+}
+__host__ __device__ constexpr int sm90_off_pages(int hd) {
+    return sm90_off_v(hd) + sm90_stages(hd) * sm90_tile_bytes(SM90_BN, hd);
+}
+__host__ __device__ constexpr int sm90_off_bars(int hd) { return sm90_off_pages(hd) + 2 * SM90_BN * 4; }
+// + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
+__host__ __device__ constexpr size_t sm90_smem_bytes(int hd) {
+    return (size_t)sm90_off_bars(hd) + (1 + 4 * sm90_stages(hd)) * 8 + 1024;
+}
+
+// Byte offset of 16-byte chunk c of row r in a tile of `rows` rows stored as 128-byte swizzled
+// column blocks (cuda_sm90.cuh).
+__device__ __forceinline__ uint32_t sm90_swizzle(int r, int c, int rows) {
+    return (uint32_t)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+
+// Producer: rows of the Q tile (rows >= rows, columns >= d zero-filled).
+template <int HD>
+__device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
+                                            int hk, int g, int row0, int rows, uint32_t sQ, int ptid) {
+    constexpr int CPR = HD / 8;
+#pragma unroll 4
+    for (int idx = ptid; idx < SM90_BM * CPR; idx += 128) {
+        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
+        bool v = R < rows && c * 8 < p.d;
+        const uint16_t *src = (const uint16_t *)p.q;
+        if (v) {
+            attn_row(p, R, g, head, hk, &i, &hq);
+            src += (int64_t)bi * p.q_sb + (int64_t)(sl.q_offset + i) * p.q_sr + (int64_t)hq * p.q_sh + c * 8;
+        }
+        cuda_cp_async16(sQ + sm90_swizzle(r, c, SM90_BM), src, v);
+    }
+}
+
+// Producer: K or V rows of keys k0 .. k0 + BN - 1 of kv head hk (rows >= kmax, columns >= width
+// zero-filled). base, sb, sr: the tensor and its page-or-batch and row strides.
+template <int HD>
+__device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
+                                             int64_t sb, int64_t sr, int width, int k0, int kmax,
+                                             const int32_t *pages, uint32_t dst, int ptid) {
+    constexpr int CPR = HD / 8;
+#pragma unroll 4
+    for (int idx = ptid; idx < SM90_BN * CPR; idx += 128) {
+        int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
+        bool v = j < kmax;
+        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+        v = v && c * 8 < width;
+        const uint16_t *src = v ? base + (int64_t)x * sb + (int64_t)y * sr + c * 8 : base;
+        cuda_cp_async16(dst + sm90_swizzle(rr, c, SM90_BN), src, v);
+    }
+}
+
+template <int HD, int BF>
+__global__ void __launch_bounds__(SM90_THREADS, 1)
+    attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
+#if FA3C_SM90A
+    constexpr int NST = sm90_stages(HD), DV = HD, BM = SM90_BM, BN = SM90_BN;
+    extern __shared__ uint8_t sm90_smem_raw[];
+    const uint32_t smem = (cuda_smem_addr(sm90_smem_raw) + 1023) & ~1023u;
+    uint8_t *smem_gen = sm90_smem_raw + (smem - cuda_smem_addr(sm90_smem_raw));
+    const uint32_t sQ = smem, sK = smem + sm90_off_k(HD), sV = smem + sm90_off_v(HD);
+    int32_t *sPage = (int32_t *)(smem_gen + sm90_off_pages(HD));
+    const uint32_t bar = smem + sm90_off_bars(HD);
+    // mbarriers: [full Q][full K x NST][full V x NST][empty K x NST][empty V x NST], 8 bytes each.
+    const uint32_t full_q = bar, full_k = bar + 8, full_v = full_k + 8 * NST, empty_k = full_v + 8 * NST,
+                   empty_v = empty_k + 8 * NST;
+
+    const int tid = threadIdx.x, lane = tid & 31;
+    int64_t bid = blockIdx.x; // decoded as in attn_fwd_kernel: longest m-blocks of a head first
+    const int m_block = p.num_m_blocks - 1 - (int)(bid % p.num_m_blocks);
+    bid /= p.num_m_blocks;
+    const int split = (int)(bid % p.num_splits);
+    bid /= p.num_splits;
+    const int head = (int)(bid % p.grid_heads);
+    const int bi = (int)(bid / p.grid_heads);
+
+    const bool poison = !cuda_meta_ok(p.meta); // warp-collective, before any return
+
+    const cuda_seqlens sl = cuda_seqlens_get(p.seq, bi);
+    const int g = p.pack_gqa ? p.g : 1;
+    const int seqlen_q = max(sl.seqlen_q, 0), seqlen_k = max(sl.seqlen_k, 0);
+    const int rows = seqlen_q * g, row0 = m_block * BM;
+    if (row0 >= rows) return;
+    const int hk = p.pack_gqa ? head : head / p.g;
+
+    int64_t slo, shi;
+    int kmin, kmax;
+    if (!attn_cta_keys(p, bi, seqlen_q, seqlen_k, g, row0, BM, rows, BN, split, &slo, &shi, &kmin, &kmax)) {
+        if (tid < ATTN_THREADS) attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
+        return;
+    }
+    const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
+
+    if (tid == 0) {
+        sm90_mbar_init(full_q, 128);
+        for (int s = 0; s < NST; s++) {
+            sm90_mbar_init(full_k + 8 * s, 128);
+            sm90_mbar_init(full_v + 8 * s, 128);
+            sm90_mbar_init(empty_k + 8 * s, 8); // one arrival per consumer warp
+            sm90_mbar_init(empty_v + 8 * s, 8);
+        }
+    }
+    __syncthreads();
+
+    if (tid < 128) { // ---------------------------------------------------------------- producer
+        sm90_regs_dec<SM90_PRODUCER_REGS>();
+        if (n_tiles == 0) return;
+        const int ptid = tid;
+        sm90_load_q<HD>(p, sl, bi, head, hk, g, row0, rows, sQ, ptid);
+        sm90_mbar_arrive_cp_async(full_q);
+        const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
+        const uint16_t *vb = (const uint16_t *)p.v + (int64_t)hk * p.v_sh;
+        for (int t = 0; t < n_tiles; t++) {
+            const int st = t % NST;
+            const uint32_t ph = (uint32_t)(t / NST) & 1;
+            const int k0 = kmin + t * BN;
+            int32_t *pages = sPage + (t & 1) * BN;
+            if (p.page_table) { // the row of thread ptid; read by all after the barrier
+                int j = k0 + ptid, r = sl.k_offset + j;
+                pages[ptid] = j < kmax ? p.page_table[(int64_t)sl.k_batch * p.pt_sb +
+                                                      (p.page_shift >= 0 ? r >> p.page_shift : r / p.page_size)]
+                                       : 0;
+                sm90_named_sync(1, 128);
+            }
+            // A whole tile of contiguous rows: two (HD / 64) bulk tensor copies issued by one thread,
+            // the others just arrive. The tail tile (rows past kmax) and paged tiles: cp.async,
+            // zero-filling past kmax (the copy engine would read rows whose V may hold NaN).
+            const bool bulk = tma.on && k0 + BN <= kmax;
+            const int row = sl.k_offset + k0, batch = tma.varlen ? 0 : sl.k_batch;
+            const int c1 = tma.heads_first ? hk : row, c2 = tma.heads_first ? row : hk;
+            const uint32_t dK = sK + st * sm90_tile_bytes(BN, HD), dV = sV + st * sm90_tile_bytes(BN, DV);
+            sm90_mbar_wait(empty_k + 8 * st, ph ^ 1);
+            if (!bulk) {
+                sm90_load_kv<HD>(p, sl, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, dK, ptid);
+                sm90_mbar_arrive_cp_async(full_k + 8 * st);
+            } else if (ptid == 0) {
+                sm90_mbar_arrive_tx(full_k + 8 * st, BN * HD * 2);
+#pragma unroll
+                for (int cb = 0; cb < HD / 64; cb++)
+                    sm90_tma_load_4d(dK + cb * BN * 128, &tma.k, cb * 64, c1, c2, batch, full_k + 8 * st);
+            } else {
+                sm90_mbar_arrive(full_k + 8 * st);
+            }
+            sm90_mbar_wait(empty_v + 8 * st, ph ^ 1);
+            if (!bulk) {
+                sm90_load_kv<DV>(p, sl, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, dV, ptid);
+                sm90_mbar_arrive_cp_async(full_v + 8 * st);
+            } else if (ptid == 0) {
+                sm90_mbar_arrive_tx(full_v + 8 * st, BN * DV * 2);
+#pragma unroll
+                for (int cb = 0; cb < DV / 64; cb++)
+                    sm90_tma_load_4d(dV + cb * BN * 128, &tma.v, cb * 64, c1, c2, batch, full_v + 8 * st);
+            } else {
+                sm90_mbar_arrive(full_v + 8 * st);
+            }
+        }
+        cuda_cp_async_wait_all();
+        return;
+    }
+
+    // ------------------------------------------------------------------------------- consumers
+    sm90_regs_inc<SM90_CONSUMER_REGS>();
+    const int ctid = tid - 128, cwg = ctid >> 7, cwarp = (ctid >> 5) & 3;
+    const int wrow0 = cwg * 64 + cwarp * 16; // this warp's 16 rows of the tile
+    int rlo[2], rhi[2], rtok[2], rhq[2];
+    bool rvalid[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++)
+        attn_row_keys(p, row0 + wrow0 + (lane >> 2) + 8 * e, rows, g, head, hk, seqlen_q, seqlen_k, slo, shi,
+                      &rvalid[e], &rtok[e], &rhq[e], &rlo[e], &rhi[e]);
+    int flo, fhi;
+    attn_warp_keys<2>(rvalid, rlo, rhi, &flo, &fhi);
+
+    float o[DV / 2];
+#pragma unroll
+    for (int i = 0; i < DV / 2; i++) o[i] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float (&o4)[DV / 8][4] = *reinterpret_cast<float (*)[DV / 8][4]>(&o);
+
+    if (n_tiles > 0) sm90_mbar_wait(full_q, 0);
+    const uint32_t q_base = sQ + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
+    for (int t = 0; t < n_tiles; t++) {
+        const int st = t % NST;
+        const uint32_t ph = (uint32_t)(t / NST) & 1;
+        const uint32_t k_base = sK + st * sm90_tile_bytes(BN, HD), v_base = sV + st * sm90_tile_bytes(BN, DV);
+
+        float s[BN / 2];
+        sm90_mbar_wait(full_k + 8 * st, ph);
+        sm90_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            const uint32_t kof = (kk & 3) * 32; // k16 step within the column block
+            sm90_wgmma_ss_n128<BF>(s, sm90_desc(q_base + (kk >> 2) * BM * 128 + kof, 16, 1024),
+                                   sm90_desc(k_base + (kk >> 2) * BN * 128 + kof, 16, 1024), kk > 0);
+        }
+        sm90_wgmma_commit();
+        sm90_wgmma_wait<0>();
+        sm90_fence_regs(s);
+        __syncwarp();
+        if (lane == 0) sm90_mbar_arrive(empty_k + 8 * st);
+
+        const int k0 = kmin + t * BN;
+        float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
+        attn_softmax_tile<BN / 8, DV / 8>(p, s4, o4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane);
+
+        uint32_t pa[BN / 16][4]; // P rounded to the input dtype, as the A fragments of P.V
+#pragma unroll
+        for (int ks = 0; ks < BN / 16; ks++) {
+            pa[ks][0] = cuda_pack2<BF>(s4[2 * ks][0], s4[2 * ks][1]);
+            pa[ks][1] = cuda_pack2<BF>(s4[2 * ks][2], s4[2 * ks][3]);
+            pa[ks][2] = cuda_pack2<BF>(s4[2 * ks + 1][0], s4[2 * ks + 1][1]);
+            pa[ks][3] = cuda_pack2<BF>(s4[2 * ks + 1][2], s4[2 * ks + 1][3]);
+        }
+        sm90_mbar_wait(full_v + 8 * st, ph);
+        sm90_wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < BN / 16; ks++)
+            sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
+        sm90_wgmma_commit();
+        sm90_wgmma_wait<0>();
+        sm90_fence_regs(o);
+        __syncwarp();
+        if (lane == 0) sm90_mbar_arrive(empty_v + 8 * st);
+    }
+
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+    }
+    attn_store_tile<BF, DV / 8>(p, bi, sl.q_offset, split, rvalid, rtok, rhq, o4, m, l, p.sinks && split == 0, poison,
+                                lane);
+#endif
+}
+
+template <int HD, int BF>
+static cudaError_t sm90_launch(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream) {
+    int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
+    if (blocks == 0) return cudaSuccess;
+    attn_sm90_kernel<HD, BF><<<(unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD), stream>>>(*p, *tma);
+    return cudaGetLastError();
+}
+
+template <int HD, int BF> static cudaError_t sm90_prepare(void) {
+    return cudaFuncSetAttribute((const void *)attn_sm90_kernel<HD, BF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)sm90_smem_bytes(HD));
+}
+
+template <int HD, int BF> static cudaError_t sm90_occupancy(int *ctas_per_sm) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, attn_sm90_kernel<HD, BF>, SM90_THREADS,
+                                                         sm90_smem_bytes(HD));
+}
+
+#define SM90_KERNEL(HD, BF, NAME)                                                                                     \
+    {HD, HD, BF, 0, 1, NAME, sm90_smem_bytes(HD), SM90_BM, SM90_BN, sm90_launch<HD, BF>, sm90_prepare<HD, BF>,        \
+     sm90_occupancy<HD, BF>}
+
+extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
+    SM90_KERNEL(64, 1, "wgmma_sm90_d64_bf16"),
+    SM90_KERNEL(64, 0, "wgmma_sm90_d64_f16"),
+    SM90_KERNEL(128, 1, "wgmma_sm90_d128_bf16"),
+    SM90_KERNEL(128, 0, "wgmma_sm90_d128_f16"),
+};

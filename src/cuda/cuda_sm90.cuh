@@ -1,0 +1,162 @@
+// PTX wrappers for the Hopper (sm_90a) attention kernel: mbarriers, cp.async completion on an
+// mbarrier, named barriers, register reallocation, and wgmma with its shared-memory descriptors.
+// Compiled for every target, but only an sm_90a pass may instantiate them (the kernel guards its
+// body with FA3C_SM90A).
+#ifndef FA3C_CUDA_SM90_CUH
+#define FA3C_CUDA_SM90_CUH
+
+#include "cuda/cuda_internal.cuh"
+
+// True in the device pass for sm_90a (wgmma and setmaxnreg exist only there).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FA3C_SM90A 1
+#else
+#define FA3C_SM90A 0
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// mbarrier (shared::cta)
+
+__device__ __forceinline__ void sm90_mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void sm90_mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Counts as this thread's arrival once all of its earlier cp.async copies have landed.
+__device__ __forceinline__ void sm90_mbar_arrive_cp_async(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits for the completion of the phase with parity `parity` (0 or 1). A fresh barrier counts the
+// phase before its first as complete, so a producer's first wait on an "empty" barrier (parity 1)
+// passes at once.
+__device__ __forceinline__ void sm90_mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+
+// Arrives and adds `bytes` to the transaction count the current phase waits for (bulk copies).
+__device__ __forceinline__ void sm90_mbar_arrive_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// Bulk tensor copy of the box at coordinates (c0 .. c3) of `map` (a __grid_constant__ parameter)
+// into shared memory at dst, completing `bar`'s transaction bytes. Out-of-bounds elements are zeros.
+__device__ __forceinline__ void sm90_tma_load_4d(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, int c3,
+                                                 uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
+                 "%5}], [%6];\n" ::"r"(dst),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+                 : "memory");
+}
+
+// Barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32).
+__device__ __forceinline__ void sm90_named_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register reallocation between warpgroups (the kernel needs a register cap at entry:
+// __launch_bounds__(threads, 1)).
+
+template <int N> __device__ __forceinline__ void sm90_regs_dec() {
+#if FA3C_SM90A
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N> __device__ __forceinline__ void sm90_regs_inc() {
+#if FA3C_SM90A
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// wgmma. Shared-memory operands are tiles of rows of 128 bytes (64 elements of 16 bits) in the
+// 128-byte swizzle: 16-byte chunk c of row r sits at chunk c ^ (r % 8); 8-row atoms of 1024 bytes,
+// 1024-byte aligned. Wider rows are stored as column blocks of 64 elements, one after the other.
+//
+// Descriptor: start address, leading byte offset (LBO), stride byte offset (SBO), all >> 4;
+// bits 62-63 = 1: the 128-byte swizzle.
+//   K-major operand (Q, K: rows of the contraction dim): SBO = 1024 (the next 8 rows); LBO unused.
+//     A k16 step moves the start 32 bytes within a column block; k >= 64 moves to the next block.
+//   MN-major operand (V as P.V's B: keys are rows, dv is contiguous): LBO = the distance between
+//     column blocks (64 dv each), SBO = 1024 (the next 8 keys); a k16 step moves 16 rows (2048 B).
+__device__ __forceinline__ uint64_t sm90_desc(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
+    return (uint64_t)((smem_addr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
+           (1ull << 62);
+}
+
+__device__ __forceinline__ void sm90_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void sm90_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void sm90_wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving reads or writes of accumulator registers across an asynchronous
+// wgmma (it sees the registers written when the instruction issues, not when it completes).
+template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+#define SM90_R32                                                                                                      \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
+    "%24, %25, %26, %27, %28, %29, %30, %31}"
+#define SM90_R64                                                                                                      \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
+    "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "  \
+    "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define SM90_D8(i)                                                                                                    \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]),       \
+        "+f"(d[i + 7])
+#define SM90_D32 SM90_D8(0), SM90_D8(8), SM90_D8(16), SM90_D8(24)
+#define SM90_D64 SM90_D32, SM90_D8(32), SM90_D8(40), SM90_D8(48), SM90_D8(56)
+
+// d (64 x 128 f32; thread layout: per 8 columns j, d[4j..4j+3] = rows r, r, r+8, r+8 and columns
+// c, c+1, c, c+1 with r = 16 warp + lane / 4, c = 8j + 2 (lane % 4)) (+)= A (64 x 16, shared,
+// K-major) * B (16 x 128, shared, K-major: 128 rows of the contraction dim). accumulate 0: d = A B.
+#define SM90_SS_N128(T)                                                                                               \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                        \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." T "." T " " SM90_R64 ", %64, %65, p, 1, 1, 0, 0;\n}\n" \
+                 : SM90_D64                                                                                           \
+                 : "l"(da), "l"(db), "r"(accumulate))
+template <int BF> __device__ __forceinline__ void sm90_wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+#if FA3C_SM90A
+    if constexpr (BF) SM90_SS_N128("bf16");
+    else SM90_SS_N128("f16");
+#endif
+}
+
+// d (64 x N f32) += A (64 x 16 from registers: the m16n8k16 A fragment of each warp's 16 rows) *
+// B (16 x N, shared, MN-major).
+#define SM90_RS_N128(T)                                                                                               \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                        \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." T "." T " " SM90_R64                                 \
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                                                      \
+                 : SM90_D64                                                                                           \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate))
+#define SM90_RS_N64(T)                                                                                                \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                        \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." T "." T " " SM90_R32                                  \
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                                      \
+                 : SM90_D32                                                                                           \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate))
+template <int BF, int N>
+__device__ __forceinline__ void sm90_wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db, int accumulate) {
+    static_assert(N == 64 || N == 128, "P.V widths of the kernel");
+#if FA3C_SM90A
+    if constexpr (N == 128) {
+        if constexpr (BF) SM90_RS_N128("bf16");
+        else SM90_RS_N128("f16");
+    } else {
+        if constexpr (BF) SM90_RS_N64("bf16");
+        else SM90_RS_N64("f16");
+    }
+#endif
+}
+
+#endif // FA3C_CUDA_SM90_CUH
