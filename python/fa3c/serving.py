@@ -58,7 +58,8 @@ from . import flash_attn_interface as _fai
 from ._context import context_for_device
 from ._lib import DType, Fa3cError, Status
 
-__all__ = ["AttentionBackend", "AttentionLayer", "CallSignature", "ForwardMetadata", "ForwardMode"]
+__all__ = ["AttentionBackend", "AttentionLayer", "CallSignature", "ForwardMetadata", "ForwardMode",
+           "ContextParallelDecode", "ContextParallelPrefill", "SimulatedGroup", "TorchDistributedComm", "ZigzagSplit"]
 
 
 class ForwardMode(enum.Enum):
@@ -531,3 +532,16 @@ class AttentionBackend:
     def __repr__(self):
         return (f"fa3c.serving.AttentionBackend(context={self.context!r}, page_size={self.page_size}, "
                 f"layers={len(self.layers)}, max_batch_size={self.max_batch_size}, append_kv={self.append_kv})")
+
+
+# Context parallelism (fa3c.context_parallel) is part of this layer's interface. It builds on the
+# classes above, so it is loaded on first use rather than imported here.
+_CONTEXT_PARALLEL = ("ContextParallelDecode", "ContextParallelPrefill", "SimulatedGroup", "TorchDistributedComm",
+                     "ZigzagSplit")
+
+
+def __getattr__(name):
+    if name in _CONTEXT_PARALLEL:
+        from . import context_parallel
+        return getattr(context_parallel, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
