@@ -268,13 +268,13 @@ __device__ __forceinline__ void attn_warp_keys(const bool (&valid)[R2], const in
 
 // The online softmax of one m16 tile of scores (a warp's 16 rows x 8 NT keys from k0; this
 // thread's rows e = 0, 1 are lane / 4 and lane / 4 + 8): s (the mma accumulator layout) becomes P
-// = exp2(r * fac - m) in place, m (log2 units) and l advance, and o (8 OT columns) is rescaled
-// when the running max moves. Scale folded into one FFMA (softcap, or a scale <= 0, first scale
-// the scores); keys outside a row's [lo, hi) are masked unless mask_free.
-template <int NT, int OT>
-__device__ __forceinline__ void attn_softmax_tile(const cuda_attn_params &p, float (&s)[NT][4], float (&o)[OT][4],
-                                                  float *m, float *l, const int *lo, const int *hi, int k0,
-                                                  bool mask_free, int lane) {
+// = exp2(r * fac - m) in place, m (log2 units) and l advance, and corr[e] is the factor the row's
+// O must be multiplied by (attn_rescale). Scale folded into one FFMA (softcap, or a scale <= 0,
+// first scale the scores); keys outside a row's [lo, hi) are masked unless mask_free.
+template <int NT>
+__device__ __forceinline__ void attn_softmax_scores(const cuda_attn_params &p, float (&s)[NT][4], float *m, float *l,
+                                                    const int *lo, const int *hi, int k0, bool mask_free, int lane,
+                                                    float *corr) {
     float fac = p.scale_log2;
     if (p.softcap > 0.0f || p.scale_log2 <= 0.0f) {
         const bool cap = p.softcap > 0.0f;
@@ -304,22 +304,29 @@ __device__ __forceinline__ void attn_softmax_tile(const cuda_attn_params &p, flo
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         float m_new = fmaxf(m[ri], mx * fac);
         float m_use = m_new == -INFINITY ? 0.0f : m_new; // no key yet: keep exp2 away from inf - inf
-        float corr = cuda_exp2(m[ri] - m_use);
+        corr[ri] = cuda_exp2(m[ri] - m_use);
         m[ri] = m_new;
-        l[ri] *= corr;
-        if (__any_sync(0xffffffffu, corr != 1.0f)) { // the running max moved for some row of the warp
-#pragma unroll
-            for (int ot = 0; ot < OT; ot++) {
-                o[ot][h2] *= corr;
-                o[ot][h2 + 1] *= corr;
-            }
-        }
+        l[ri] *= corr[ri];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             float p0 = cuda_exp2(fmaf(s[nt][h2], fac, -m_use)), p1 = cuda_exp2(fmaf(s[nt][h2 + 1], fac, -m_use));
             l[ri] += p0 + p1;
             s[nt][h2] = p0;
             s[nt][h2 + 1] = p1;
+        }
+    }
+}
+
+// O (8 OT columns of this thread's rows e = 0, 1) *= corr[e], skipped when no row of the warp
+// moved its running max (warp-collective).
+template <int OT> __device__ __forceinline__ void attn_rescale(float (&o)[OT][4], const float *corr) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        if (!__any_sync(0xffffffffu, corr[ri] != 1.0f)) continue;
+#pragma unroll
+        for (int ot = 0; ot < OT; ot++) {
+            o[ot][2 * ri] *= corr[ri];
+            o[ot][2 * ri + 1] *= corr[ri];
         }
     }
 }
@@ -358,7 +365,7 @@ __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi
     }
 }
 
-// The finished rows e = 0, 1 of one m16 tile (as in attn_softmax_tile; l summed over the 4 lanes
+// The finished rows e = 0, 1 of one m16 tile (as in attn_softmax_scores; l summed over the 4 lanes
 // of a row): the sink folded in (sink), then out and lse, or the slot's partial, of valid rows.
 template <int BF, int OT>
 __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int bi, int q_offset, int split,
@@ -597,9 +604,12 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
 
         const bool mask_free = k0 >= flo && k0 + KW <= fhi;
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-            attn_softmax_tile<NTW, OTILES>(p, s[mt], oacc[mt], &m[2 * mt], &l[2 * mt], &rlo[2 * mt], &rhi[2 * mt], k0,
-                                           mask_free, lane);
+        for (int mt = 0; mt < MT; mt++) {
+            float corr[2];
+            attn_softmax_scores<NTW>(p, s[mt], &m[2 * mt], &l[2 * mt], &rlo[2 * mt], &rhi[2 * mt], k0, mask_free, lane,
+                                     corr);
+            attn_rescale<OTILES>(oacc[mt], corr);
+        }
 
         // O += P V, P rounded to the input dtype.
 #pragma unroll

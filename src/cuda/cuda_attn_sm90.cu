@@ -13,8 +13,9 @@
 //   consumers  (warpgroups 1 and 2, 224 registers a thread) own 64 rows each: S = Q K^T with
 //              wgmma from shared memory (64 x 128 fp32 in registers), the online softmax of
 //              cuda_attn.cuh in registers, then O += P V with P from registers and V from shared
-//              memory (B operand MN-major, so V needs no transpose).
-// The two consumer warpgroups run independently, so one's softmax overlaps the other's wgmma.
+//              memory (B operand MN-major, so V needs no transpose). S of tile t is issued with
+//              P.V of tile t - 1, so a warpgroup's softmax runs under its own P.V; the two
+//              warpgroups run independently, so one's softmax also overlaps the other's wgmma.
 //
 // Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
@@ -86,6 +87,26 @@ __device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cu
         const uint16_t *src = v ? base + (int64_t)x * sb + (int64_t)y * sr + c * 8 : base;
         cuda_cp_async16(dst + sm90_swizzle(rr, c, SM90_BN), src, v);
     }
+}
+
+// Issues S = Q K^T for the warpgroup's 64 rows (q_base) and the BN keys of k_base: HD / 16 wgmma
+// k-steps (the first overwrites s).
+template <int HD, int BF>
+__device__ __forceinline__ void sm90_qk(float (&s)[SM90_BN / 2], uint32_t q_base, uint32_t k_base) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        const uint32_t kof = (kk & 3) * 32; // k16 step within a column block
+        sm90_wgmma_ss_n128<BF>(s, sm90_desc(q_base + (kk >> 2) * SM90_BM * 128 + kof, 16, 1024),
+                               sm90_desc(k_base + (kk >> 2) * SM90_BN * 128 + kof, 16, 1024), kk > 0);
+    }
+}
+
+// Issues O += P V: BN / 16 wgmma k-steps over the keys of v_base (MN-major: column blocks of 64
+// dv are BN * 128 bytes apart, a k-step is 16 rows).
+template <int DV, int BF>
+__device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[SM90_BN / 16][4], uint32_t v_base) {
+#pragma unroll
+    for (int ks = 0; ks < SM90_BN / 16; ks++) sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, SM90_BN * 128, 1024), 1);
 }
 
 template <int HD, int BF>
@@ -215,33 +236,42 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     float (&o4)[DV / 8][4] = *reinterpret_cast<float (*)[DV / 8][4]>(&o);
 
-    if (n_tiles > 0) sm90_mbar_wait(full_q, 0);
+    // Tile t: S_t = Q K_t^T is issued together with O += P_{t-1} V_{t-1}; the softmax of S_t runs
+    // while the tensor cores still work on P.V, and O is rescaled once that is done.
     const uint32_t q_base = sQ + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
+    float s[BN / 2];
+    float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
+    uint32_t pa[BN / 16][4]; // P_{t-1} rounded to the input dtype: the A fragments of P.V
+    float corr[2];
+    if (n_tiles > 0) sm90_mbar_wait(full_q, 0);
     for (int t = 0; t < n_tiles; t++) {
-        const int st = t % NST;
-        const uint32_t ph = (uint32_t)(t / NST) & 1;
-        const uint32_t k_base = sK + st * sm90_tile_bytes(BN, HD), v_base = sV + st * sm90_tile_bytes(BN, DV);
-
-        float s[BN / 2];
+        const int st = t % NST, pst = (t + NST - 1) % NST;
+        const uint32_t ph = (uint32_t)(t / NST) & 1, pph = (uint32_t)((t - 1) / NST) & 1;
         sm90_mbar_wait(full_k + 8 * st, ph);
         sm90_wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            const uint32_t kof = (kk & 3) * 32; // k16 step within the column block
-            sm90_wgmma_ss_n128<BF>(s, sm90_desc(q_base + (kk >> 2) * BM * 128 + kof, 16, 1024),
-                                   sm90_desc(k_base + (kk >> 2) * BN * 128 + kof, 16, 1024), kk > 0);
-        }
+        sm90_qk<HD, BF>(s, q_base, sK + st * sm90_tile_bytes(BN, HD));
         sm90_wgmma_commit();
-        sm90_wgmma_wait<0>();
+        if (t > 0) {
+            sm90_mbar_wait(full_v + 8 * pst, pph);
+            sm90_pv<DV, BF>(o, pa, sV + pst * sm90_tile_bytes(BN, DV));
+            sm90_wgmma_commit();
+            sm90_wgmma_wait<1>();
+        } else {
+            sm90_wgmma_wait<0>();
+        }
         sm90_fence_regs(s);
         __syncwarp();
         if (lane == 0) sm90_mbar_arrive(empty_k + 8 * st);
 
         const int k0 = kmin + t * BN;
-        float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
-        attn_softmax_tile<BN / 8, DV / 8>(p, s4, o4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane);
-
-        uint32_t pa[BN / 16][4]; // P rounded to the input dtype, as the A fragments of P.V
+        attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr);
+        if (t > 0) {
+            sm90_wgmma_wait<0>();
+            sm90_fence_regs(o);
+            __syncwarp();
+            if (lane == 0) sm90_mbar_arrive(empty_v + 8 * pst);
+            attn_rescale<DV / 8>(o4, corr);
+        }
 #pragma unroll
         for (int ks = 0; ks < BN / 16; ks++) {
             pa[ks][0] = cuda_pack2<BF>(s4[2 * ks][0], s4[2 * ks][1]);
@@ -249,16 +279,15 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             pa[ks][2] = cuda_pack2<BF>(s4[2 * ks + 1][0], s4[2 * ks + 1][1]);
             pa[ks][3] = cuda_pack2<BF>(s4[2 * ks + 1][2], s4[2 * ks + 1][3]);
         }
-        sm90_mbar_wait(full_v + 8 * st, ph);
+    }
+    if (n_tiles > 0) { // O += P V of the last tile
+        const int st = (n_tiles - 1) % NST;
+        sm90_mbar_wait(full_v + 8 * st, (uint32_t)((n_tiles - 1) / NST) & 1);
         sm90_wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < BN / 16; ks++)
-            sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
+        sm90_pv<DV, BF>(o, pa, sV + st * sm90_tile_bytes(BN, DV));
         sm90_wgmma_commit();
         sm90_wgmma_wait<0>();
         sm90_fence_regs(o);
-        __syncwarp();
-        if (lane == 0) sm90_mbar_arrive(empty_v + 8 * st);
     }
 
 #pragma unroll
