@@ -1,15 +1,16 @@
 // The Hopper attention forward (sm_90a): wgmma tensor cores fed by a producer warpgroup, for
-// prefill-shaped work (more than 16 packed query rows a sequence) with d = dv = 64 or 128, fp16
-// and bf16. Everything else stays on the mma.sync kernels (cuda_attn.cuh), which also serve every
+// prefill-shaped work (more than 16 packed query rows a sequence) with d = dv = 64, 128 or 256,
+// fp16 and bf16. Everything else stays on the mma.sync kernels (cuda_attn.cuh), which also serve every
 // other GPU; this kernel takes all of their run-time features but q rotary: masks, softcap, sinks,
 // paging with any page size, varlen, pack-GQA, split slots (exact or pieces).
 //
 // One CTA = 3 warpgroups on BM = 128 query rows of one (sequence, head, split slot):
 //   producer   (warpgroup 0, 56 registers a thread) copies the Q tile and NST stages of K and V
-//              tiles (BN = 128 keys) with cp.async into 128-byte-swizzled shared memory; each copy
-//              completes on an mbarrier (full), and a stage is refilled once its consumers
-//              released it (empty). For a paged cache the page ids of a tile are staged in shared
-//              memory first, so any page size works with one lookup per key row.
+//              tiles (BN = 128 keys, 64 for d = 256) into 128-byte-swizzled shared memory: bulk
+//              tensor copies (TMA) of contiguous rows, cp.async gathers of paged rows, packed GQA
+//              rows and tail tiles. Each copy completes on an mbarrier (full), and a stage is
+//              refilled once its consumers released it (empty). For a paged cache the page ids of
+//              a tile are staged in shared memory first: any page size, one lookup per key row.
 //   consumers  (warpgroups 1 and 2, 224 registers a thread) own 64 rows each: S = Q K^T with
 //              wgmma from shared memory (64 x 128 fp32 in registers), the online softmax of
 //              cuda_attn.cuh in registers, then O += P V with P from registers and V from shared
@@ -24,10 +25,11 @@
 
 #define SM90_THREADS 384
 #define SM90_BM 128
-#define SM90_BN 128
 #define SM90_PRODUCER_REGS 56
 #define SM90_CONSUMER_REGS 224 // 128 x 56 + 256 x 224 <= 64K registers of the SM
 
+// Keys per tile: 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
+__host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 : 64; }
 // K/V stages: as many as fit beside the Q tile in 227 KB.
 __host__ __device__ constexpr int sm90_stages(int hd) { return hd <= 64 ? 4 : 2; }
 
@@ -36,12 +38,12 @@ __host__ __device__ constexpr int sm90_stages(int hd) { return hd <= 64 ? 4 : 2;
 __host__ __device__ constexpr int sm90_tile_bytes(int rows, int hd) { return rows * hd * 2; }
 __host__ __device__ constexpr int sm90_off_k(int hd) { return sm90_tile_bytes(SM90_BM, hd); }
 __host__ __device__ constexpr int sm90_off_v(int hd) {
-    return sm90_off_k(hd) + sm90_stages(hd) * sm90_tile_bytes(SM90_BN, hd);
+    return sm90_off_k(hd) + sm90_stages(hd) * sm90_tile_bytes(sm90_block_n(hd), hd);
 }
 __host__ __device__ constexpr int sm90_off_pages(int hd) {
-    return sm90_off_v(hd) + sm90_stages(hd) * sm90_tile_bytes(SM90_BN, hd);
+    return sm90_off_v(hd) + sm90_stages(hd) * sm90_tile_bytes(sm90_block_n(hd), hd);
 }
-__host__ __device__ constexpr int sm90_off_bars(int hd) { return sm90_off_pages(hd) + 2 * SM90_BN * 4; }
+__host__ __device__ constexpr int sm90_off_bars(int hd) { return sm90_off_pages(hd) + 2 * sm90_block_n(hd) * 4; }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
 __host__ __device__ constexpr size_t sm90_smem_bytes(int hd) {
     return (size_t)sm90_off_bars(hd) + (1 + 4 * sm90_stages(hd)) * 8 + 1024;
@@ -73,47 +75,48 @@ __device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cud
 
 // Producer: K or V rows of keys k0 .. k0 + BN - 1 of kv head hk (rows >= kmax, columns >= width
 // zero-filled). base, sb, sr: the tensor and its page-or-batch and row strides.
-template <int HD>
+template <int HD, int BN>
 __device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
                                              int64_t sb, int64_t sr, int width, int k0, int kmax,
                                              const int32_t *pages, uint32_t dst, int ptid) {
     constexpr int CPR = HD / 8;
 #pragma unroll 4
-    for (int idx = ptid; idx < SM90_BN * CPR; idx += 128) {
+    for (int idx = ptid; idx < BN * CPR; idx += 128) {
         int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
         bool v = j < kmax;
         attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
         v = v && c * 8 < width;
         const uint16_t *src = v ? base + (int64_t)x * sb + (int64_t)y * sr + c * 8 : base;
-        cuda_cp_async16(dst + sm90_swizzle(rr, c, SM90_BN), src, v);
+        cuda_cp_async16(dst + sm90_swizzle(rr, c, BN), src, v);
     }
 }
 
 // Issues S = Q K^T for the warpgroup's 64 rows (q_base) and the BN keys of k_base: HD / 16 wgmma
 // k-steps (the first overwrites s).
-template <int HD, int BF>
-__device__ __forceinline__ void sm90_qk(float (&s)[SM90_BN / 2], uint32_t q_base, uint32_t k_base) {
+template <int HD, int BN, int BF>
+__device__ __forceinline__ void sm90_qk(float (&s)[BN / 2], uint32_t q_base, uint32_t k_base) {
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++) {
         const uint32_t kof = (kk & 3) * 32; // k16 step within a column block
-        sm90_wgmma_ss_n128<BF>(s, sm90_desc(q_base + (kk >> 2) * SM90_BM * 128 + kof, 16, 1024),
-                               sm90_desc(k_base + (kk >> 2) * SM90_BN * 128 + kof, 16, 1024), kk > 0);
+        sm90_wgmma_ss<BF, BN>(s, sm90_desc(q_base + (kk >> 2) * SM90_BM * 128 + kof, 16, 1024),
+                              sm90_desc(k_base + (kk >> 2) * BN * 128 + kof, 16, 1024), kk > 0);
     }
 }
 
 // Issues O += P V: BN / 16 wgmma k-steps over the keys of v_base (MN-major: column blocks of 64
 // dv are BN * 128 bytes apart, a k-step is 16 rows).
-template <int DV, int BF>
-__device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[SM90_BN / 16][4], uint32_t v_base) {
+template <int DV, int BN, int BF>
+__device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[BN / 16][4], uint32_t v_base) {
 #pragma unroll
-    for (int ks = 0; ks < SM90_BN / 16; ks++) sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, SM90_BN * 128, 1024), 1);
+    for (int ks = 0; ks < BN / 16; ks++)
+        sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
 }
 
 template <int HD, int BF>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
 #if FA3C_SM90A
-    constexpr int NST = sm90_stages(HD), DV = HD, BM = SM90_BM, BN = SM90_BN;
+    constexpr int NST = sm90_stages(HD), DV = HD, BM = SM90_BM, BN = sm90_block_n(HD);
     extern __shared__ uint8_t sm90_smem_raw[];
     const uint32_t smem = (cuda_smem_addr(sm90_smem_raw) + 1023) & ~1023u;
     uint8_t *smem_gen = sm90_smem_raw + (smem - cuda_smem_addr(sm90_smem_raw));
@@ -165,8 +168,19 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         sm90_regs_dec<SM90_PRODUCER_REGS>();
         if (n_tiles == 0) return;
         const int ptid = tid;
-        sm90_load_q<HD>(p, sl, bi, head, hk, g, row0, rows, sQ, ptid);
-        sm90_mbar_arrive_cp_async(full_q);
+        if (!tma.q_on) {
+            sm90_load_q<HD>(p, sl, bi, head, hk, g, row0, rows, sQ, ptid);
+            sm90_mbar_arrive_cp_async(full_q);
+        } else if (ptid == 0) { // rows of one head: the tile is a box (past the tensor's end: zeros)
+            const int qrow = sl.q_offset + row0, qb = tma.q_varlen ? 0 : bi;
+            sm90_mbar_arrive_tx(full_q, BM * HD * 2);
+#pragma unroll
+            for (int cb = 0; cb < HD / 64; cb++)
+                sm90_tma_load_4d(sQ + cb * BM * 128, &tma.q, cb * 64, tma.q_heads_first ? head : qrow,
+                                 tma.q_heads_first ? qrow : head, qb, full_q);
+        } else {
+            sm90_mbar_arrive(full_q);
+        }
         const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
         const uint16_t *vb = (const uint16_t *)p.v + (int64_t)hk * p.v_sh;
         for (int t = 0; t < n_tiles; t++) {
@@ -176,9 +190,10 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             int32_t *pages = sPage + (t & 1) * BN;
             if (p.page_table) { // the row of thread ptid; read by all after the barrier
                 int j = k0 + ptid, r = sl.k_offset + j;
-                pages[ptid] = j < kmax ? p.page_table[(int64_t)sl.k_batch * p.pt_sb +
-                                                      (p.page_shift >= 0 ? r >> p.page_shift : r / p.page_size)]
-                                       : 0;
+                if (ptid < BN)
+                    pages[ptid] = j < kmax ? p.page_table[(int64_t)sl.k_batch * p.pt_sb +
+                                                          (p.page_shift >= 0 ? r >> p.page_shift : r / p.page_size)]
+                                           : 0;
                 sm90_named_sync(1, 128);
             }
             // A whole tile of contiguous rows: two (HD / 64) bulk tensor copies issued by one thread,
@@ -190,7 +205,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             const uint32_t dK = sK + st * sm90_tile_bytes(BN, HD), dV = sV + st * sm90_tile_bytes(BN, DV);
             sm90_mbar_wait(empty_k + 8 * st, ph ^ 1);
             if (!bulk) {
-                sm90_load_kv<HD>(p, sl, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, dK, ptid);
+                sm90_load_kv<HD, BN>(p, sl, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, dK, ptid);
                 sm90_mbar_arrive_cp_async(full_k + 8 * st);
             } else if (ptid == 0) {
                 sm90_mbar_arrive_tx(full_k + 8 * st, BN * HD * 2);
@@ -202,7 +217,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             }
             sm90_mbar_wait(empty_v + 8 * st, ph ^ 1);
             if (!bulk) {
-                sm90_load_kv<DV>(p, sl, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, dV, ptid);
+                sm90_load_kv<DV, BN>(p, sl, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, dV, ptid);
                 sm90_mbar_arrive_cp_async(full_v + 8 * st);
             } else if (ptid == 0) {
                 sm90_mbar_arrive_tx(full_v + 8 * st, BN * DV * 2);
@@ -249,11 +264,11 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         const uint32_t ph = (uint32_t)(t / NST) & 1, pph = (uint32_t)((t - 1) / NST) & 1;
         sm90_mbar_wait(full_k + 8 * st, ph);
         sm90_wgmma_fence();
-        sm90_qk<HD, BF>(s, q_base, sK + st * sm90_tile_bytes(BN, HD));
+        sm90_qk<HD, BN, BF>(s, q_base, sK + st * sm90_tile_bytes(BN, HD));
         sm90_wgmma_commit();
         if (t > 0) {
             sm90_mbar_wait(full_v + 8 * pst, pph);
-            sm90_pv<DV, BF>(o, pa, sV + pst * sm90_tile_bytes(BN, DV));
+            sm90_pv<DV, BN, BF>(o, pa, sV + pst * sm90_tile_bytes(BN, DV));
             sm90_wgmma_commit();
             sm90_wgmma_wait<1>();
         } else {
@@ -284,7 +299,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         const int st = (n_tiles - 1) % NST;
         sm90_mbar_wait(full_v + 8 * st, (uint32_t)((n_tiles - 1) / NST) & 1);
         sm90_wgmma_fence();
-        sm90_pv<DV, BF>(o, pa, sV + st * sm90_tile_bytes(BN, DV));
+        sm90_pv<DV, BN, BF>(o, pa, sV + st * sm90_tile_bytes(BN, DV));
         sm90_wgmma_commit();
         sm90_wgmma_wait<0>();
         sm90_fence_regs(o);
@@ -319,7 +334,7 @@ template <int HD, int BF> static cudaError_t sm90_occupancy(int *ctas_per_sm) {
 }
 
 #define SM90_KERNEL(HD, BF, NAME)                                                                                     \
-    {HD, HD, BF, 0, 1, NAME, sm90_smem_bytes(HD), SM90_BM, SM90_BN, sm90_launch<HD, BF>, sm90_prepare<HD, BF>,        \
+    {HD, HD, BF, 0, 1, NAME, sm90_smem_bytes(HD), SM90_BM, sm90_block_n(HD), sm90_launch<HD, BF>, sm90_prepare<HD, BF>,\
      sm90_occupancy<HD, BF>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
@@ -327,4 +342,6 @@ extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
     SM90_KERNEL(64, 0, "wgmma_sm90_d64_f16"),
     SM90_KERNEL(128, 1, "wgmma_sm90_d128_bf16"),
     SM90_KERNEL(128, 0, "wgmma_sm90_d128_f16"),
+    SM90_KERNEL(256, 1, "wgmma_sm90_d256_bf16"),
+    SM90_KERNEL(256, 0, "wgmma_sm90_d256_f16"),
 };

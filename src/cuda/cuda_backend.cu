@@ -259,7 +259,7 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         if (!rows_aligned(rows[i])) return NULL;
     // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the keys.
-    // More rows run the wgmma kernel where it exists (Hopper; d = dv = 64 or 128; no q rotary).
+    // More rows run the wgmma kernel where it exists (Hopper; d = dv = 64, 128 or 256; no q rotary).
     int64_t g = p->h / p->h_k, rows_per_seq = p->s_q * (p->pack_gqa ? g : 1);
     const int bf16 = p->in_dtype == FA3C_DTYPE_BF16, decode = rows_per_seq <= 16;
     int32_t id = -1;
@@ -494,11 +494,10 @@ static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t k
     return (int32_t)(w > 1 ? w : 1);
 }
 
-// One bulk-copy tensor map of a contiguous-row cache t (b_k, s_k, h_k, d) / (total_k, h_k, d):
-// dims (d, rows, h_k, batches), the middle two swapped when heads_first (the usual layout, heads
-// inside a row: the encoder takes dims in order of increasing stride); boxes of 64 columns x
-// box_rows rows, 128-byte swizzle. False where the driver refuses the strides (the kernel then
-// gathers with cp.async).
+// One bulk-copy tensor map of t (b, s, heads, d) / (total, heads, d): dims (d, rows, heads,
+// batches), the middle two swapped when heads_first (the usual layout, heads inside a row: the
+// encoder takes dims in order of increasing stride); boxes of 64 columns x box_rows rows, 128-byte
+// swizzle. False where the driver refuses the strides (the kernel then gathers with cp.async).
 static bool tma_map(const cuda_state *st, const fa3c_problem *p, const fa3c_tensor *t, int box_rows, int heads_first,
                     CUtensorMap *map) {
     typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
@@ -524,14 +523,20 @@ static bool tma_map(const cuda_state *st, const fa3c_problem *p, const fa3c_tens
                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The wgmma kernel's K and V tensor maps: a contiguous-row cache only (a paged one is gathered).
-static void tma_maps(const cuda_state *st, const fa3c_problem *p, int block_n, cuda_tma *tma) {
+static bool heads_inside_rows(const fa3c_tensor *t) { return t->stride[t->ndim - 2] <= t->stride[t->ndim - 3]; }
+
+// The wgmma kernel's tensor maps: K and V of a contiguous-row cache (a paged one is gathered), Q
+// when its tile is rows of one head (not packed GQA).
+static void tma_maps(const cuda_state *st, const fa3c_problem *p, int block_m, int block_n, cuda_tma *tma) {
     const fa3c_fwd_args *a = p->args;
-    const int n = a->k.ndim;
+    if (!st->tma_encode) return;
     tma->varlen = p->varlen_k;
-    tma->heads_first = a->k.stride[n - 2] <= a->k.stride[n - 3] && a->v.stride[n - 2] <= a->v.stride[n - 3];
-    tma->on = st->tma_encode && !p->paged && tma_map(st, p, &a->k, block_n, tma->heads_first, &tma->k) &&
+    tma->heads_first = heads_inside_rows(&a->k) && heads_inside_rows(&a->v);
+    tma->on = !p->paged && tma_map(st, p, &a->k, block_n, tma->heads_first, &tma->k) &&
               tma_map(st, p, &a->v, block_n, tma->heads_first, &tma->v);
+    tma->q_varlen = p->varlen_q;
+    tma->q_heads_first = heads_inside_rows(&a->q);
+    tma->q_on = !p->pack_gqa && tma_map(st, p, &a->q, block_m, tma->q_heads_first, &tma->q);
 }
 
 // The SIMT fallback's launch: ap (filled by cuda_fwd) plus dtypes, qv and the e4m3 descales.
@@ -711,7 +716,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     else if (ap.num_m_blocks > 0) {
         cuda_tma tma;
         memset(&tma, 0, sizeof tma);
-        if (kern->sm90) tma_maps(cst, p, kern->block_n, &tma);
+        if (kern->sm90) tma_maps(cst, p, kern->block_m, kern->block_n, &tma);
         CUDA_TRY(kern->launch(&ap, &tma, stream), kern->name);
     }
 

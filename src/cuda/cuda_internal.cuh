@@ -334,14 +334,15 @@ typedef struct cuda_attn_params {
     cuda_meta_check meta;                  // checked when out/lse are written here
 } cuda_attn_params;
 
-// Tensor maps of a contiguous-row K and V cache (not paged) for the wgmma kernel's bulk tensor
-// copies: dims (d, rows, h_k, batches), or (d, h_k, rows, batches) when heads_first -- rows = s_k
-// (batched) or total_k (varlen, batches 1) -- boxes of 64 columns x block_n rows in the 128-byte
-// swizzle. on = 0: the kernel gathers rows with cp.async instead (paged cache, or strides the copy
-// engine cannot describe).
+// Tensor maps for the wgmma kernel's bulk tensor copies: K and V of a contiguous-row cache (not
+// paged) and Q (not packed GQA): dims (d, rows, heads, batches), or (d, heads, rows, batches) when
+// heads_first -- rows = s (batched) or total (varlen, batches 1) -- boxes of 64 columns x block_n
+// (K, V) or block_m (Q) rows in the 128-byte swizzle. on / q_on = 0: the kernel gathers those rows
+// with cp.async instead (paged cache, packed GQA, or strides the copy engine cannot describe).
 typedef struct cuda_tma {
-    CUtensorMap k, v;
-    int32_t     on, varlen, heads_first; // varlen: rows are packed tokens (batch coordinate 0)
+    CUtensorMap k, v, q;
+    int32_t     on, varlen, heads_first;       // varlen: rows are packed tokens (batch coordinate 0)
+    int32_t     q_on, q_varlen, q_heads_first;
 } cuda_tma;
 
 typedef struct cuda_attn_kernel {
@@ -362,7 +363,7 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d96[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d128[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCKET]; // dv 192, then dv 128
 extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
-#define CUDA_ATTN_SM90_KERNELS 4 // {d 64, d 128} x {bf16, f16}, many rows (cuda_attn_sm90.cu)
+#define CUDA_ATTN_SM90_KERNELS 6 // {d 64, 128, 256} x {bf16, f16}, many rows (cuda_attn_sm90.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
 
 // The SIMT fallback (cuda_attn_simple.cu): every problem the tensor-core kernels refuse (e4m3

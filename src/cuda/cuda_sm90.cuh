@@ -103,58 +103,76 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-#define SM90_R32                                                                                                      \
-    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
-    "%24, %25, %26, %27, %28, %29, %30, %31}"
-#define SM90_R64                                                                                                      \
-    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
-    "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "  \
-    "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+// Accumulator register lists: SM90_R<n> is the operand string "{%0, ..., %<n-1>}" and SM90_D<n>
+// the matching "+f" operands d[0 .. n-1].
+#define SM90_R32 "{" SM90_R32_BODY "}"
+#define SM90_R64 "{" SM90_R32_BODY ", " SM90_R64_TAIL "}"
+#define SM90_R128 "{" SM90_R32_BODY ", " SM90_R64_TAIL ", " SM90_R128_TAIL "}"
+#define SM90_R32_BODY                                                                                                 \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "  \
+    "%24, %25, %26, %27, %28, %29, %30, %31"
+#define SM90_R64_TAIL                                                                                                 \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, "   \
+    "%54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define SM90_R128_TAIL                                                                                                \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, "   \
+    "%86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, " \
+    "%107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, "     \
+    "%125, %126, %127"
 #define SM90_D8(i)                                                                                                    \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]),       \
         "+f"(d[i + 7])
 #define SM90_D32 SM90_D8(0), SM90_D8(8), SM90_D8(16), SM90_D8(24)
 #define SM90_D64 SM90_D32, SM90_D8(32), SM90_D8(40), SM90_D8(48), SM90_D8(56)
+#define SM90_D128                                                                                                     \
+    SM90_D64, SM90_D8(64), SM90_D8(72), SM90_D8(80), SM90_D8(88), SM90_D8(96), SM90_D8(104), SM90_D8(112),            \
+        SM90_D8(120)
 
-// d (64 x 128 f32; thread layout: per 8 columns j, d[4j..4j+3] = rows r, r, r+8, r+8 and columns
+// d (64 x N f32; thread layout: per 8 columns j, d[4j..4j+3] = rows r, r, r+8, r+8 and columns
 // c, c+1, c, c+1 with r = 16 warp + lane / 4, c = 8j + 2 (lane % 4)) (+)= A (64 x 16, shared,
-// K-major) * B (16 x 128, shared, K-major: 128 rows of the contraction dim). accumulate 0: d = A B.
-#define SM90_SS_N128(T)                                                                                               \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                        \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." T "." T " " SM90_R64 ", %64, %65, p, 1, 1, 0, 0;\n}\n" \
-                 : SM90_D64                                                                                           \
+// K-major) * B (16 x N, shared, K-major: N rows of the contraction dim). accumulate 0: d = A B.
+// R, D: the register list and operands of N / 2 accumulators; A0..A2: the indices of the inputs.
+#define SM90_SS(N, T, R, D, A0, A1, A2)                                                                               \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" A2 ", 0;\n"                                                   \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." T "." T " " R ", %" A0 ", %" A1                  \
+                 ", p, 1, 1, 0, 0;\n}\n"                                                                              \
+                 : D                                                                                                  \
                  : "l"(da), "l"(db), "r"(accumulate))
-template <int BF> __device__ __forceinline__ void sm90_wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+template <int BF, int N>
+__device__ __forceinline__ void sm90_wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
+    static_assert(N == 64 || N == 128, "Q.K^T widths of the kernel");
 #if FA3C_SM90A
-    if constexpr (BF) SM90_SS_N128("bf16");
-    else SM90_SS_N128("f16");
+    if constexpr (N == 128) {
+        if constexpr (BF) SM90_SS(128, "bf16", SM90_R64, SM90_D64, "64", "65", "66");
+        else SM90_SS(128, "f16", SM90_R64, SM90_D64, "64", "65", "66");
+    } else {
+        if constexpr (BF) SM90_SS(64, "bf16", SM90_R32, SM90_D32, "32", "33", "34");
+        else SM90_SS(64, "f16", SM90_R32, SM90_D32, "32", "33", "34");
+    }
 #endif
 }
 
 // d (64 x N f32) += A (64 x 16 from registers: the m16n8k16 A fragment of each warp's 16 rows) *
-// B (16 x N, shared, MN-major).
-#define SM90_RS_N128(T)                                                                                               \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                        \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." T "." T " " SM90_R64                                 \
-                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                                                      \
-                 : SM90_D64                                                                                           \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate))
-#define SM90_RS_N64(T)                                                                                                \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                        \
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." T "." T " " SM90_R32                                  \
-                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                                      \
-                 : SM90_D32                                                                                           \
+// B (16 x N, shared, MN-major). A0: the index of a[0] (then a[1..3], the descriptor, the flag).
+#define SM90_RS(N, T, R, D, A0, A1, A2, A3, B, F)                                                                    \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" F ", 0;\n"                                                    \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." T "." T " " R ", {%" A0 ", %" A1 ", %" A2      \
+                 ", %" A3 "}, %" B ", p, 1, 1, 1;\n}\n"                                                               \
+                 : D                                                                                                  \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate))
 template <int BF, int N>
 __device__ __forceinline__ void sm90_wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db, int accumulate) {
-    static_assert(N == 64 || N == 128, "P.V widths of the kernel");
+    static_assert(N == 64 || N == 128 || N == 256, "P.V widths of the kernel");
 #if FA3C_SM90A
-    if constexpr (N == 128) {
-        if constexpr (BF) SM90_RS_N128("bf16");
-        else SM90_RS_N128("f16");
+    if constexpr (N == 256) {
+        if constexpr (BF) SM90_RS(256, "bf16", SM90_R128, SM90_D128, "128", "129", "130", "131", "132", "133");
+        else SM90_RS(256, "f16", SM90_R128, SM90_D128, "128", "129", "130", "131", "132", "133");
+    } else if constexpr (N == 128) {
+        if constexpr (BF) SM90_RS(128, "bf16", SM90_R64, SM90_D64, "64", "65", "66", "67", "68", "69");
+        else SM90_RS(128, "f16", SM90_R64, SM90_D64, "64", "65", "66", "67", "68", "69");
     } else {
-        if constexpr (BF) SM90_RS_N64("bf16");
-        else SM90_RS_N64("f16");
+        if constexpr (BF) SM90_RS(64, "bf16", SM90_R32, SM90_D32, "32", "33", "34", "35", "36", "37");
+        else SM90_RS(64, "f16", SM90_R32, SM90_D32, "32", "33", "34", "35", "36", "37");
     }
 #endif
 }
