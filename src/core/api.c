@@ -1,5 +1,6 @@
 /* Public entry points: validate, plan, then hand over to the context's backend. */
 #include "core/internal.h"
+#include "core/validate.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -93,10 +94,8 @@ static fa3c_status check_tensor(const fa3c_context *ctx, const char *name, const
     if (t->ndim != ndim)
         return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "%s: expected %d dimensions, got %d %s", name, ndim, t->ndim,
                          t->ndim >= 0 && t->ndim <= FA3C_MAX_DIMS ? fa3c_shape_str(t, buf, sizeof buf) : "");
-    for (int i = 0; i < ndim; i++)
-        if (t->shape[i] < 0)
-            return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "%s: negative shape %s", name,
-                             fa3c_shape_str(t, buf, sizeof buf));
+    /* sizes, element count and span within bounds (offsets cannot overflow), data and alignment */
+    FA3C_TRY(fa3c_validate_tensor(ctx, name, t));
     if (need_float_out ? !is_out_float(t->dtype) : t->dtype != FA3C_DTYPE_F32)
         return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "%s: expected dtype %s, got %s", name,
                          need_float_out ? "f32, f16 or bf16" : "f32", fa3c_dtype_name(t->dtype));
@@ -121,6 +120,20 @@ static fa3c_status check_shape(const char *name, const fa3c_tensor *t, const int
                          fa3c_shape_str(&e, want, sizeof want), fa3c_shape_str(t, got, sizeof got));
     }
     return FA3C_OK;
+}
+
+/* t, with zero strides and a non-NULL data pointer when it has no elements: an empty tensor may
+ * carry any strides and pointer, and the backends still form row offsets from them (an empty dv,
+ * or no splits). Nothing is ever read or written through the placeholder. */
+static const float empty_placeholder;
+
+static fa3c_tensor strides_of_empty(const fa3c_tensor *t) {
+    fa3c_tensor r = *t;
+    if (fa3c_numel(t) == 0) {
+        for (int i = 0; i < t->ndim; i++) r.stride[i] = 0;
+        if (!r.data) r.data = (void *)&empty_placeholder;
+    }
+    return r;
 }
 
 /* (S, total, h, dv) -> (S, 1, total, h, dv), and its lse likewise. */
@@ -158,9 +171,12 @@ fa3c_status fa3c_combine(fa3c_context *ctx, const fa3c_tensor *out_partial, cons
         FA3C_TRY(check_tensor(ctx, "lse", lse, nd - 2, false, false));
         FA3C_TRY(check_shape("lse", lse, out_partial->shape + 1));
     }
-    if (nd == 5) return ctx->backend->combine(ctx, out_partial, lse_partial, out, has_lse ? lse : NULL);
-    fa3c_tensor op = add_batch_dim(out_partial, 1), lp = add_batch_dim(lse_partial, 1), o = add_batch_dim(out, 0);
-    fa3c_tensor l = has_lse ? add_batch_dim(lse, 0) : (fa3c_tensor){0};
+    fa3c_tensor op = strides_of_empty(out_partial), lp = strides_of_empty(lse_partial), o = strides_of_empty(out);
+    fa3c_tensor l = has_lse ? strides_of_empty(lse) : (fa3c_tensor){0};
+    if (nd == 4) {
+        op = add_batch_dim(&op, 1), lp = add_batch_dim(&lp, 1), o = add_batch_dim(&o, 0);
+        if (has_lse) l = add_batch_dim(&l, 0);
+    }
     return ctx->backend->combine(ctx, &op, &lp, &o, has_lse ? &l : NULL);
 }
 
@@ -183,5 +199,8 @@ fa3c_status fa3c_merge_state(fa3c_context *ctx, const fa3c_tensor *out_a, const 
         FA3C_TRY(check_tensor(ctx, "lse", lse, 2, false, false));
         FA3C_TRY(check_shape("lse", lse, out_a->shape));
     }
-    return ctx->backend->merge_state(ctx, out_a, lse_a, out_b, lse_b, out, has_lse ? lse : NULL);
+    fa3c_tensor oa = strides_of_empty(out_a), la = strides_of_empty(lse_a), ob = strides_of_empty(out_b);
+    fa3c_tensor lb = strides_of_empty(lse_b), o = strides_of_empty(out);
+    fa3c_tensor l = has_lse ? strides_of_empty(lse) : (fa3c_tensor){0};
+    return ctx->backend->merge_state(ctx, &oa, &la, &ob, &lb, &o, has_lse ? &l : NULL);
 }

@@ -14,6 +14,15 @@ const uint8_t cpu_zero_row[4096] __attribute__((aligned(64)));
 
 static const char *const isa_names[CPU_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512bf16"};
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+/* F16C from CPUID leaf 1 (ECX bit 29): clang before 15 knows no "f16c" for __builtin_cpu_supports. */
+static bool has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 static bool isa_supported(cpu_isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
@@ -24,7 +33,7 @@ static bool isa_supported(cpu_isa isa) {
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl");
     case CPU_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     default: return true;
     }
 #else
@@ -92,6 +101,7 @@ static void cpu_context_free(fa3c_context *ctx) {
 
 void *cpu_workspace(fa3c_context *ctx, size_t bytes) {
     cpu_state *st = cpu_state_of(ctx);
+    if (bytes == 0) bytes = 1; /* a pointer even for an empty job: NULL means out of memory */
     if (bytes <= st->ws_bytes) return st->ws;
     size_t want = (bytes + bytes / 4 + 4095) & ~(size_t)4095; /* some headroom against regrowth */
     void *ws = aligned_alloc(64, want);
