@@ -5,9 +5,15 @@
 #             kernel gathering every tile with cp.async) and tests/test_combine
 #   sweep     the quick forward sweep (FA3C_SWEEP=quick tests/test_fwd_sweep) on cuda, with and
 #             without the wgmma kernels (the CPU backends run it in CI)
+#   sweep_full  the full forward sweep on cuda (330 cases)
+#   reliability tests/test_repeat (1000 forwards, bitwise), test_concurrency, test_errors_ctx,
+#             test_cuda_large (> 2^31-element inputs)
+#   pytest    python/tests with torch CUDA tensors (serving, CUDA graphs, context-parallel simulation)
+#   cp        bench/cp_bench.py --simulate 2 (context parallelism, W ranks on one GPU)
 #   sass      registers, spills and instruction counts (HGMMA, HMMA, local memory) of the kernels
-#   sanitize  compute-sanitizer memcheck over every $SANITIZE_EVERY-th test_cuda case and the graph
-#             tests; then racecheck over the graph tests alone (FA3C_TEST_CUDA_EVERY=1000)
+#   sanitize  compute-sanitizer memcheck and initcheck over every $SANITIZE_EVERY-th test_cuda case
+#             and the graph tests, memcheck over test_repeat (2 repeats); racecheck over every
+#             16th case and the graph tests
 #   bench     tools/bench_cuda.c: prefill, and decode once per split mode in $SPLIT_MODES; prefill
 #             again with FA3C_CUDA_SM90=0 (the mma.sync kernels)
 #   base      the same benchmark built from the cuda sources in .base/ (a copy of an earlier
@@ -17,7 +23,7 @@
 #             (.base/ listed in .git/info/exclude, and named in the device call's carry)
 #   torch     bench/bench_torch_sdpa.py (torch SDPA anchors)
 #   ncu       one prefill launch under Nsight Compute
-# Logs go under $OUT (the device tool's result folder, at most 8 files come back); a summary goes
+# Logs go under $OUT (the device tool's result folder); a summary goes
 # to stdout. Usage: bash bench/cuda_device_run.sh test,sweep,sanitize,bench,base
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,14 +105,46 @@ if [[ $steps == *,base,* ]]; then
     stamp "base bench done"
 fi
 if [[ $steps == *,sanitize,* ]]; then
-    FA3C_TEST_CUDA_EVERY=${SANITIZE_EVERY:-6} timeout ${T_SAN:-200} compute-sanitizer --tool memcheck --error-exitcode 9 \
-        "./$BUILD/tests/test_cuda" > "$OUT/sanitizer.log" 2>&1 || rc=1
-    grep -E "ERROR SUMMARY|graph|test_cuda:|FAIL" "$OUT/sanitizer.log" | tail -10
-    stamp "memcheck done"
-    FA3C_TEST_CUDA_EVERY=1000 timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
+    for tool in memcheck initcheck; do
+        echo "=== $tool test_cuda" >> "$OUT/sanitizer.log"
+        FA3C_TEST_CUDA_EVERY=${SANITIZE_EVERY:-8} timeout ${T_SAN:-200} compute-sanitizer --tool $tool --error-exitcode 9 \
+            "./$BUILD/tests/test_cuda" >> "$OUT/sanitizer.log" 2>&1 || rc=1
+        sed -n "/=== $tool test_cuda/,\$p" "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|test_cuda:|FAIL" | tail -4
+        stamp "$tool done"
+    done
+    echo "=== memcheck test_repeat" >> "$OUT/sanitizer.log"
+    FA3C_REPEAT=2 timeout ${T_SAN:-200} compute-sanitizer --tool memcheck --error-exitcode 9 \
+        "./$BUILD/tests/test_repeat" >> "$OUT/sanitizer.log" 2>&1 || rc=1
+    sed -n '/=== memcheck test_repeat/,$p' "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|test_repeat:|FAIL" | tail -4
+    echo "=== racecheck test_cuda" >> "$OUT/sanitizer.log"
+    FA3C_TEST_CUDA_EVERY=16 timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
         "./$BUILD/tests/test_cuda" >> "$OUT/sanitizer.log" 2>&1 || rc=1
-    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|graph|test_cuda:|FAIL" "$OUT/sanitizer.log" | tail -6
+    sed -n '/=== racecheck test_cuda/,$p' "$OUT/sanitizer.log" | grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test_cuda:|FAIL" | tail -4
     stamp "racecheck done"
+fi
+if [[ $steps == *,sweep_full,* ]]; then
+    FA3C_SWEEP_BACKENDS=cuda timeout ${T_SWEEP:-300} "./$BUILD/tests/test_fwd_sweep" > "$OUT/sweep_full.log" 2>&1 || rc=1
+    grep -E "FAIL|test_fwd_sweep:" "$OUT/sweep_full.log" | tail -20
+    stamp "full sweep done"
+fi
+if [[ $steps == *,reliability,* ]]; then
+    for t in test_repeat test_concurrency test_errors_ctx test_cuda_large; do
+        FA3C_CONCURRENCY_SECONDS=${CONC_SECONDS:-10} timeout ${T_REL:-200} "./$BUILD/tests/$t" > "$OUT/$t.log" 2>&1 || rc=1
+        grep -E "FAIL|^$t|passed|failed" "$OUT/$t.log" | tail -8
+        stamp "$t done"
+    done
+fi
+if [[ $steps == *,pytest,* ]]; then
+    (cd python && FA3C_LIBRARY="$PWD/../$BUILD/libfa3c.so" PYTHONPATH="$PWD" timeout ${T_PY:-300} \
+        python3 -m pytest -q -rs tests) > "$OUT/pytest.log" 2>&1 || rc=1
+    tail -8 "$OUT/pytest.log"
+    stamp "pytest done"
+fi
+if [[ $steps == *,cp,* ]]; then
+    FA3C_LIBRARY="$PWD/$BUILD/libfa3c.so" PYTHONPATH="$PWD/python" timeout ${T_CP:-150} \
+        python3 bench/cp_bench.py --simulate 2 --prefill 16384 --kv 131072 > "$OUT/cp_bench.log" 2>&1 || rc=1
+    tail -20 "$OUT/cp_bench.log"
+    stamp "cp bench done"
 fi
 if [[ $steps == *,torch,* ]]; then
     PYTHONUNBUFFERED=1 timeout ${T_TORCH:-150} python3 bench/bench_torch_sdpa.py ${BENCH_WHAT:-all} ${BENCH_GIB:-34} \
@@ -115,7 +153,7 @@ if [[ $steps == *,torch,* ]]; then
     stamp "torch done"
 fi
 if [[ $steps == *,ncu,* ]]; then # one prefill launch (s = 16k, non-causal) under Nsight Compute
-    timeout ${T_NCU:-120} ncu --kernel-name regex:attn_fwd_kernel --launch-skip 9 --launch-count 1 \
+    timeout ${T_NCU:-120} ncu --kernel-name regex:attn_ --launch-skip 9 --launch-count 1 \
         --section SpeedOfLight --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
         "./$BUILD/fa3c_bench_cuda" prefill > "$OUT/ncu_prefill.txt" 2>&1 || rc=1
     grep -E "Duration|Throughput|Warp Cycles Per Issued|Stall|Achieved Occupancy|Registers|Issue Slots|Executed Ipc" \
