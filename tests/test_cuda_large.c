@@ -140,14 +140,14 @@ static int part_paged(fa3c_context *ctx, char *msg, size_t mn) {
     }
 
     /* Page tables: distinct pages; seq 0 the last 16 (crossing element 2^31 at page 8192), seq 1
-     * alternating far and near, the others random. */
+     * alternating far (just below page 8192, clear of seq 0's) and near, the others random. */
     int32_t table[PG_B][PG_MAXP], used[PG_B];
     static uint8_t taken[PG_PAGES];
     memset(taken, 0, sizeof taken);
     tu_rng r;
     tu_rng_seed(&r, 4242);
     for (int j = 0; j < PG_MAXP; j++) table[0][j] = PG_PAGES - 1 - j;
-    for (int j = 0; j < PG_MAXP; j++) table[1][j] = j % 2 ? 8192 - PG_MAXP + j : j / 2;
+    for (int j = 0; j < PG_MAXP; j++) table[1][j] = j % 2 ? 8192 - 2 * PG_MAXP + j : j / 2;
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < PG_MAXP; j++) taken[table[i][j]] = 1;
     for (int i = 2; i < PG_B; i++)

@@ -16,6 +16,10 @@
 #include <string.h>
 
 fa3c_status cuda_fail(cudaError_t err, const char *what) {
+    // The runtime also keeps a failed call's error as the thread's "last error", which the next
+    // launch check (cudaGetLastError) would report as its own: read it off here, so the context
+    // stays usable after e.g. an out-of-memory. (Sticky errors stay; every later call reports them.)
+    (void)cudaGetLastError();
     fa3c_status st = err == cudaErrorMemoryAllocation ? FA3C_ERROR_OUT_OF_MEMORY : FA3C_ERROR_DEVICE;
     return fa3c_fail(st, "cuda: %s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err));
 }
@@ -134,8 +138,10 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     if (st->sm90 && !(tma_env && strcmp(tma_env, "0") == 0)) {
         cudaDriverEntryPointQueryResult q;
         if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &st->tma_encode, 12000, cudaEnableDefault,
-                                             &q) != cudaSuccess || q != cudaDriverEntryPointSuccess)
+                                             &q) != cudaSuccess || q != cudaDriverEntryPointSuccess) {
             st->tma_encode = NULL;
+            (void)cudaGetLastError(); // no TMA is not an error of the next launch
+        }
     }
     // The shared-memory opt-in is a per-device property of each kernel; the occupancy follows it.
     for (int gi = 0; gi < KERNEL_GROUPS; gi++)
