@@ -6,7 +6,9 @@
  * double-precision reference, plus canaries around every buffer, rows that must stay untouched,
  * unchanged inputs, the appended cache and, with out_accum, the partials (testutil.h).
  * A case counts as failed when the cuda backend reports UNSUPPORTED: the cases outside the
- * tensor-core kernels (fp8, qv, d <= 64 with dv != d) run on its SIMT fallback ("simple").
+ * tensor-core kernels (qv, d <= 64 with dv != d, e4m3 with rotary or other head dims) run on its
+ * SIMT fallback ("simple"). Each case's kernel is printed; on compute capability 9.x some cases
+ * must have run the wgmma kernel, and everywhere some e4m3 cases the tensor-core kernels.
  * Then a decode step captured into a CUDA graph and replayed with new lengths (graph_decode), in
  * each split mode of the backend ($FA3C_CUDA_SPLIT exact and fill).
  * Without a CUDA device: "test_cuda: 0 passed, 0 failed, N skipped" and exit 0.
@@ -132,8 +134,21 @@ static void build(case_list *l) {
     c = add(l, TU_BATCHED, F16, 2, 16, 333, 4, 4, 256), c->wl = 40, c->wr = 7, c->num_splits = 3;
     c = add(l, TU_VARLEN, BF, 7, 4, 500, 8, 2, 192), c->causal = true, c->zero_len = true, c->num_splits = 0;
 
+    /* e4m3 on the tensor-core kernels (tiles converted to fp16): decode shape, many rows, paged,
+     * varlen, splits, descales, append, sinks, softcap, windows, d 64 / 128 / 256 */
+    c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 4, 1, 1000, 32, 8, 128), c->descale = true, c->page_size = 16,
+    c->num_splits = 0;
+    c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 3, 4, 700, 16, 2, 128), c->descale = true, c->s_new = 4, c->causal = true,
+    c->page_size = 64, c->sinks = BF, c->num_splits = 3, c->out_accum = true;
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 239, 239, 4, 2, 128), c->descale = true, c->causal = true;
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 113, 300, 4, 4, 64), c->softcap = 10, c->wl = 50, c->wr = 3;
+    c = add(l, TU_VARLEN, FA3C_DTYPE_E4M3, 5, 200, 300, 8, 2, 256), c->descale = true, c->causal = true,
+    c->num_splits = 0, c->pad = true;
+    c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 6, 1, 2000, 8, 1, 64), c->descale = true, c->page_size = 1,
+    c->leftpad = false, c->num_splits = 0, c->pack_gqa = 1;
+
     /* outside the tensor-core kernels: the SIMT fallback */
-    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 1, 64, 64, 2, 2, 128);
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 1, 64, 64, 2, 2, 96);
     c = add(l, TU_BATCHED, BF, 1, 64, 64, 2, 2, 64), c->dv = 256;
     c = add(l, TU_BATCHED, BF, 1, 64, 64, 2, 2, 64), c->dv = 512, c->qv = true;
     c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 3, 5, 300, 8, 2, 128), c->descale = true, c->causal = true,
@@ -467,7 +482,7 @@ int main(void) {
 
     const char *every_env = getenv("FA3C_TEST_CUDA_EVERY");
     int every = every_env && atoi(every_env) > 0 ? atoi(every_env) : 1;
-    int passed = 0, failed = 0, sm90_cases = 0;
+    int passed = 0, failed = 0, sm90_cases = 0, e4m3_cases = 0;
     for (int i = 0; i < l.n; i += every) {
         tu_case *c = &l.k[i].c;
         tu_case_describe(c, "");
@@ -485,6 +500,7 @@ int main(void) {
             bool ok = v == TU_PASS || (v == TU_SKIP && !is_cuda);
             const char *name = is_cuda ? "cuda" : "cpu-ref";
             if (is_cuda && rep.kernel && strncmp(rep.kernel, "wgmma_sm90", 10) == 0) sm90_cases++;
+            if (is_cuda && rep.kernel && strstr(rep.kernel, "_e4m3")) e4m3_cases++;
             if (v == TU_PASS)
                 printf("%-4s [%-7s] %-96s S=%-3d err %.3g <= %.3g %s\n", ok ? "ok" : "FAIL", name, c->name,
                        rep.num_splits, rep.max_err, rep.bound, is_cuda && rep.kernel ? rep.kernel : "");
@@ -510,6 +526,10 @@ int main(void) {
     if (want_sm90) {
         printf("%-4s [cuda   ] cases on the wgmma kernel: %d\n", sm90_cases > 0 ? "ok" : "FAIL", sm90_cases);
         sm90_cases > 0 ? passed++ : failed++;
+    }
+    if (every == 1) { /* e4m3 cases without rotary run on the tensor-core kernels */
+        printf("%-4s [cuda   ] e4m3 cases on the tensor-core kernels: %d\n", e4m3_cases > 0 ? "ok" : "FAIL", e4m3_cases);
+        e4m3_cases > 0 ? passed++ : failed++;
     }
     bool ok = bad_metadata_rejected(cuda, msg, sizeof msg);
     printf("%-4s [cuda   ] foreign scheduler_metadata rejected: %s\n", ok ? "ok" : "FAIL", msg);

@@ -51,11 +51,17 @@ __host__ __device__ constexpr int attn_stages(int hd, int wsplit) {
     return wsplit && hd <= 192 ? 3 : 2;
 }
 
-// Q tile, NST K stages, NST V stages (rows padded by 8 elements), NST page-id rows. The decode
-// shape reuses the K/V stages for its merge: 4 warps x 16 rows x dv floats and 2 x 64 floats.
-__host__ __device__ constexpr size_t attn_smem_bytes(int hd, int dv, int mt, int wsplit) {
-    return 2 * ((size_t)attn_block_m(mt, wsplit) * (hd + 8) +
-                (size_t)attn_stages(hd, wsplit) * attn_block_n(hd, mt, wsplit) * (hd + 8 + dv + 8)) +
+// Bytes of the K/V region: NST K and NST V stages of 16-bit rows padded by 8 elements; for e4m3
+// inputs (fp8) one converted 16-bit K and V tile plus NST stages of e4m3 rows padded by 16 bytes.
+__host__ __device__ constexpr size_t attn_kv_bytes(int hd, int dv, int mt, int wsplit, int fp8) {
+    return fp8 ? (size_t)attn_block_n(hd, mt, wsplit) *
+                     (2 * (hd + 8 + dv + 8) + (size_t)attn_stages(hd, wsplit) * (hd + 16 + dv + 16))
+               : 2 * (size_t)attn_stages(hd, wsplit) * attn_block_n(hd, mt, wsplit) * (hd + 8 + dv + 8);
+}
+// Q tile (16-bit rows padded by 8 elements), the K/V region, NST page-id rows. The decode shape
+// reuses the K/V region for its merge: 4 warps x 16 rows x dv floats and 2 x 64 floats.
+__host__ __device__ constexpr size_t attn_smem_bytes(int hd, int dv, int mt, int wsplit, int fp8) {
+    return 2 * (size_t)attn_block_m(mt, wsplit) * (hd + 8) + attn_kv_bytes(hd, dv, mt, wsplit, fp8) +
            (size_t)attn_stages(hd, wsplit) * attn_block_n(hd, mt, wsplit) * sizeof(int32_t);
 }
 
@@ -193,6 +199,86 @@ __device__ __forceinline__ void attn_load_q(const cuda_attn_params &p, const cud
     }
 }
 
+// e4m3 inputs. Tiles arrive as e4m3 rows (cp.async, 16 elements a chunk) in staging stages and
+// are converted to fp16 -- exactly: every e4m3 value is an fp16 value -- into one 16-bit tile
+// right before use; the mma then runs in fp16 with fp32 accumulation (the scores are exact sums
+// of exact products, as in FA3's e4m3 mma) and the descales scale S and O.
+
+// Two e4m3 (low byte first) -> two fp16 (low half first).
+__device__ __forceinline__ uint32_t attn_e4m3x2_to_f16x2(uint16_t x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    uint32_t r;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(r) : "h"(x));
+    return r;
+#else
+    return (uint32_t)cuda_f32_to_f16_bits(cuda_e4m3_to_f32((uint8_t)x)) |
+           ((uint32_t)cuda_f32_to_f16_bits(cuda_e4m3_to_f32((uint8_t)(x >> 8))) << 16);
+#endif
+}
+
+// 16 e4m3 -> 16 fp16 at dst (32 bytes).
+__device__ __forceinline__ void attn_e4m3x16_to_f16(uint4 raw, uint16_t *dst) {
+    const uint16_t *x = (const uint16_t *)&raw;
+    uint32_t y[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) y[i] = attn_e4m3x2_to_f16x2(x[i]);
+    ((uint4 *)dst)[0] = make_uint4(y[0], y[1], y[2], y[3]);
+    ((uint4 *)dst)[1] = make_uint4(y[4], y[5], y[6], y[7]);
+}
+
+// K and V e4m3 rows of keys k0 .. k0 + BN - 1 into one staging stage (rows of HD + 16 / DV + 16
+// bytes); rows >= kmax and columns >= d (dv) zero-filled.
+template <int HD, int DV, int BN>
+__device__ __forceinline__ void attn_issue_kv_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, int hk, int k0,
+                                                   int kmax, const int32_t *pages, uint8_t *dK, uint8_t *dV, int tid) {
+    constexpr int CK = HD / 16, CV = DV / 16;
+    const uint8_t *kb = (const uint8_t *)p.k + (int64_t)hk * p.k_sh, *vb = (const uint8_t *)p.v + (int64_t)hk * p.v_sh;
+    for (int idx = tid; idx < BN * (CK + CV); idx += ATTN_THREADS) {
+        const bool is_k = idx < BN * CK;
+        const int cpr = is_k ? CK : CV, i2 = is_k ? idx : idx - BN * CK, rr = i2 / cpr, c = i2 % cpr, j = k0 + rr;
+        int x, y;
+        bool v = j < kmax;
+        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+        v = v && c * 16 < (is_k ? p.d : p.dv);
+        const uint8_t *base = is_k ? kb : vb;
+        const uint8_t *src = v ? base + (int64_t)x * (is_k ? p.k_sb : p.v_sb) + (int64_t)y * (is_k ? p.k_sr : p.v_sr) +
+                                     c * 16
+                               : base;
+        uint8_t *dst = is_k ? dK + rr * (HD + 16) + c * 16 : dV + rr * (DV + 16) + c * 16;
+        cuda_cp_async16(cuda_smem_addr(dst), src, v);
+    }
+}
+
+// One staged e4m3 stage -> the 16-bit K and V tiles (rows padded by 8 elements).
+template <int HD, int DV, int BN>
+__device__ __forceinline__ void attn_convert_kv_e4m3(const uint8_t *fK, const uint8_t *fV, uint16_t *sK, uint16_t *sV,
+                                                     int tid) {
+    constexpr int CK = HD / 16, CV = DV / 16;
+    for (int idx = tid; idx < BN * (CK + CV); idx += ATTN_THREADS) {
+        const bool is_k = idx < BN * CK;
+        const int cpr = is_k ? CK : CV, i2 = is_k ? idx : idx - BN * CK, rr = i2 / cpr, c = i2 % cpr;
+        const uint8_t *src = is_k ? fK + rr * (HD + 16) + c * 16 : fV + rr * (DV + 16) + c * 16;
+        attn_e4m3x16_to_f16(*(const uint4 *)src, is_k ? sK + rr * (HD + 8) + c * 16 : sV + rr * (DV + 8) + c * 16);
+    }
+}
+
+// The e4m3 Q tile, converted to fp16 (rows >= rows, columns >= d zero); synchronous stores.
+template <int HD, int BM>
+__device__ __forceinline__ void attn_load_q_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
+                                                 int hk, int g, int row0, int rows, uint16_t *sQ, int tid) {
+    constexpr int CPR = HD / 16;
+    for (int idx = tid; idx < BM * CPR; idx += ATTN_THREADS) {
+        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
+        uint4 raw = make_uint4(0, 0, 0, 0);
+        if (R < rows && c * 16 < p.d) {
+            attn_row(p, R, g, head, hk, &i, &hq);
+            raw = *(const uint4 *)((const uint8_t *)p.q + (int64_t)bi * p.q_sb + (int64_t)(sl.q_offset + i) * p.q_sr +
+                                   (int64_t)hq * p.q_sh + c * 16);
+        }
+        attn_e4m3x16_to_f16(raw, sQ + r * (HD + 8) + c * 16);
+    }
+}
+
 // A split this sequence does not use: its partial rows hold out 0 and lse -inf.
 __device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
                                                  int hk, int g, int row0, int rows, int bm, int split, int tid) {
@@ -269,20 +355,22 @@ __device__ __forceinline__ void attn_warp_keys(const bool (&valid)[R2], const in
 // The online softmax of one m16 tile of scores (a warp's 16 rows x 8 NT keys from k0; this
 // thread's rows e = 0, 1 are lane / 4 and lane / 4 + 8): s (the mma accumulator layout) becomes P
 // = exp2(r * fac - m) in place, m (log2 units) and l advance, and corr[e] is the factor the row's
-// O must be multiplied by (attn_rescale). Scale folded into one FFMA (softcap, or a scale <= 0,
-// first scale the scores); keys outside a row's [lo, hi) are masked unless mask_free.
+// O must be multiplied by (attn_rescale). Scale (times qk_ds, the e4m3 descales q_ds * k_ds, else
+// 1) folded into one FFMA (softcap, or a scale <= 0, first scale the scores); keys outside a
+// row's [lo, hi) are masked unless mask_free.
 template <int NT>
 __device__ __forceinline__ void attn_softmax_scores(const cuda_attn_params &p, float (&s)[NT][4], float *m, float *l,
                                                     const int *lo, const int *hi, int k0, bool mask_free, int lane,
-                                                    float *corr) {
-    float fac = p.scale_log2;
+                                                    float *corr, float qk_ds) {
+    float fac = p.scale_log2 * qk_ds;
     if (p.softcap > 0.0f || p.scale_log2 <= 0.0f) {
         const bool cap = p.softcap > 0.0f;
+        const float cs = p.softcap_scale * qk_ds;
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
-                s[nt][e] = cap ? p.softcap * tanhf(s[nt][e] * p.softcap_scale) * ATTN_LOG2E : s[nt][e] * p.scale_log2;
+                s[nt][e] = cap ? p.softcap * tanhf(s[nt][e] * cs) * ATTN_LOG2E : s[nt][e] * fac;
         fac = 1.0f;
     }
     if (!mask_free) {
@@ -449,25 +537,32 @@ __device__ __forceinline__ void attn_combine_slots(const cuda_attn_params &p, co
     }
 }
 
+// BF: 1 bf16, 0 fp16, 2 e4m3 inputs (fp16 mma on converted tiles, bf16 out).
 template <int HD, int DV, int BF, int MT, int WSPLIT>
 __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_constant__ cuda_attn_params p) {
     static_assert(!WSPLIT || MT == 1, "the decode shape has one m16 tile");
+    constexpr bool FP8 = BF == 2;
+    constexpr int CBF = BF == 1, OBF = BF != 0; // the mma's 16-bit type, the output's
     constexpr int BM = attn_block_m(MT, WSPLIT), BN = attn_block_n(HD, MT, WSPLIT), NST = attn_stages(HD, WSPLIT);
+    constexpr int KST = FP8 ? 1 : NST; // 16-bit K/V tiles: one per stage, or the one converted tile
     constexpr int KW = WSPLIT ? BN / ATTN_WARPS : BN; // keys of a tile each warp computes
     constexpr int QS = HD + 8, VS = DV + 8;
     constexpr int KSTEPS = HD / 16, NTW = KW / 8, PSW = KW / 16, OTILES = DV / 8, R2 = 2 * MT;
     constexpr bool Q_REGS = HD <= 128 && MT == 1; // more Q fragments would crowd out the accumulators
     constexpr int KV_UNROLL = WSPLIT ? 4 : 1; // 8 and more spilled (d 128, ptxas 13.0)
+    constexpr size_t KV_BYTES = attn_kv_bytes(HD, DV, MT, WSPLIT, FP8);
     static_assert(NTW % 2 == 0 && PSW >= 1 && OTILES % 2 == 0, "tile shape");
-    static_assert(!WSPLIT || (size_t)ATTN_WARPS * 16 * DV * 4 + 2 * 64 * 4 <= 2 * (size_t)NST * BN * (QS + VS),
-                  "the decode merge fits in the K/V stages");
-    static_assert(!WSPLIT || (16 * 256 + 16) * 4 <= 2 * NST * BN * (QS + VS), "the fused combine's weights fit too");
+    static_assert(!WSPLIT || (size_t)ATTN_WARPS * 16 * DV * 4 + 2 * 64 * 4 <= KV_BYTES,
+                  "the decode merge fits in the K/V region");
+    static_assert(!WSPLIT || (16 * 256 + 16) * 4 <= KV_BYTES, "the fused combine's weights fit too");
 
     extern __shared__ uint4 attn_smem[];
     uint16_t *sQ = (uint16_t *)attn_smem;
     uint16_t *sK = sQ + BM * QS;
-    uint16_t *sV = sK + NST * BN * QS;
-    int32_t  *sPage = (int32_t *)(sV + NST * BN * VS); // NST rows of page ids: tile u in row u % NST
+    uint16_t *sV = sK + KST * BN * QS;
+    uint8_t  *fK = (uint8_t *)(sV + KST * BN * VS); // e4m3 staging stages (FP8)
+    uint8_t  *fV = fK + (FP8 ? NST * BN * (HD + 16) : 0);
+    int32_t  *sPage = (int32_t *)(fV + (FP8 ? NST * BN * (DV + 16) : 0)); // page ids: tile u in row u % NST
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     // blockIdx.x = ((bi * grid_heads + head) * S + split) * num_m + (num_m - 1 - m_block): the
@@ -509,13 +604,19 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     attn_warp_keys<R2>(rvalid, rlo, rhi, &flo, &fhi);
     const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
     const bool warp_active = row0 + wrow0 < rows;
+    const float qk_ds = FP8 ? cuda_descale(p.q_ds, p.qd_sb, p.qd_sh, bi, hk) * cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, bi, hk)
+                            : 1.0f;
 
     // Prologue. Paged: Q and the page ids of tiles 0 .. NST - 1, waited for (the K/V addresses need
     // them). Then K/V of tiles 0 .. NST - 2, one cp.async group each (Q rides in tile 0's group when
     // not paged), with the page ids of tiles NST .. 2 NST - 3 in the last group (into the page rows
     // just read, hence the barrier); the loop's first wait then needs tile 0 only. An empty range
     // (a slot with no keys) skips Q.
-    if (n_tiles > 0) attn_load_q<HD, BF, BM>(p, sl, bi, head, hk, g, row0, rows, sQ, tid);
+    if constexpr (FP8) {
+        if (n_tiles > 0) attn_load_q_e4m3<HD, BM>(p, sl, bi, head, hk, g, row0, rows, sQ, tid);
+    } else {
+        if (n_tiles > 0) attn_load_q<HD, BF, BM>(p, sl, bi, head, hk, g, row0, rows, sQ, tid);
+    }
     if (p.page_table) {
         for (int u = 0; u < NST && u < n_tiles; u++) attn_issue_pages<BN>(p, sl, kmin + u * BN, kmax, sPage + u * BN, tid);
         cuda_cp_async_commit();
@@ -524,9 +625,14 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     }
 #pragma unroll
     for (int u = 0; u < NST - 1; u++) {
-        if (u < n_tiles)
-            attn_issue_kv<HD, DV, BN, KV_UNROLL>(p, sl, hk, kmin + u * BN, kmax, sPage + u * BN, sK + u * BN * QS,
-                                                 sV + u * BN * VS, tid);
+        if (u < n_tiles) {
+            if constexpr (FP8)
+                attn_issue_kv_e4m3<HD, DV, BN>(p, sl, hk, kmin + u * BN, kmax, sPage + u * BN, fK + u * BN * (HD + 16),
+                                               fV + u * BN * (DV + 16), tid);
+            else
+                attn_issue_kv<HD, DV, BN, KV_UNROLL>(p, sl, hk, kmin + u * BN, kmax, sPage + u * BN, sK + u * BN * QS,
+                                                     sV + u * BN * VS, tid);
+        }
         if (u == NST - 2 && p.page_table && n_tiles > NST) {
             __syncthreads();
             for (int w = NST; w < 2 * NST - 2 && w < n_tiles; w++)
@@ -562,15 +668,25 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
         cuda_cp_async_wait<NST - 2>();
         __syncthreads();
         const int u = t + NST - 1, w = t + 2 * NST - 2;
-        if (u < n_tiles)
-            attn_issue_kv<HD, DV, BN, KV_UNROLL>(p, sl, hk, kmin + u * BN, kmax, sPage + (u % NST) * BN,
-                                                 sK + (u % NST) * BN * QS, sV + (u % NST) * BN * VS, tid);
+        if (u < n_tiles) {
+            if constexpr (FP8)
+                attn_issue_kv_e4m3<HD, DV, BN>(p, sl, hk, kmin + u * BN, kmax, sPage + (u % NST) * BN,
+                                               fK + (u % NST) * BN * (HD + 16), fV + (u % NST) * BN * (DV + 16), tid);
+            else
+                attn_issue_kv<HD, DV, BN, KV_UNROLL>(p, sl, hk, kmin + u * BN, kmax, sPage + (u % NST) * BN,
+                                                     sK + (u % NST) * BN * QS, sV + (u % NST) * BN * VS, tid);
+        }
         if (p.page_table && w < n_tiles) attn_issue_pages<BN>(p, sl, kmin + w * BN, kmax, sPage + (w % NST) * BN, tid);
         cuda_cp_async_commit();
+        if constexpr (FP8) { // tile t's e4m3 rows -> the 16-bit tile (every warp is past tile t - 1)
+            attn_convert_kv_e4m3<HD, DV, BN>(fK + (t % NST) * BN * (HD + 16), fV + (t % NST) * BN * (DV + 16), sK, sV,
+                                             tid);
+            __syncthreads();
+        }
         if (!warp_active) continue;
 
         const int k0 = kmin + t * BN + kw0; // this warp's first key
-        const uint16_t *sKt = sK + (t % NST) * BN * QS + kw0 * QS, *sVt = sV + (t % NST) * BN * VS + kw0 * VS;
+        const uint16_t *sKt = sK + (t % KST) * BN * QS + kw0 * QS, *sVt = sV + (t % KST) * BN * VS + kw0 * VS;
 
         float s[MT][NTW][4];
 #pragma unroll
@@ -596,8 +712,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                                                    ((lane >> 3) & 1) * 8));
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    cuda_mma16816<BF>(s[mt][2 * n2], a[mt], b[0], b[1]);
-                    cuda_mma16816<BF>(s[mt][2 * n2 + 1], a[mt], b[2], b[3]);
+                    cuda_mma16816<CBF>(s[mt][2 * n2], a[mt], b[0], b[1]);
+                    cuda_mma16816<CBF>(s[mt][2 * n2 + 1], a[mt], b[2], b[3]);
                 }
             }
         }
@@ -607,7 +723,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
         for (int mt = 0; mt < MT; mt++) {
             float corr[2];
             attn_softmax_scores<NTW>(p, s[mt], &m[2 * mt], &l[2 * mt], &rlo[2 * mt], &rhi[2 * mt], k0, mask_free, lane,
-                                     corr);
+                                     corr, qk_ds);
             attn_rescale<OTILES>(oacc[mt], corr);
         }
 
@@ -617,10 +733,10 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
             uint32_t a[MT][4];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
-                a[mt][0] = cuda_pack2<BF>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
-                a[mt][1] = cuda_pack2<BF>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
-                a[mt][2] = cuda_pack2<BF>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
-                a[mt][3] = cuda_pack2<BF>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+                a[mt][0] = cuda_pack2<CBF>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+                a[mt][1] = cuda_pack2<CBF>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+                a[mt][2] = cuda_pack2<CBF>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+                a[mt][3] = cuda_pack2<CBF>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
             }
 #pragma unroll
             for (int o2 = 0; o2 < OTILES / 2; o2++) {
@@ -629,8 +745,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                                                          o2 * 16 + (lane >> 4) * 8));
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    cuda_mma16816<BF>(oacc[mt][2 * o2], a[mt], b[0], b[1]);
-                    cuda_mma16816<BF>(oacc[mt][2 * o2 + 1], a[mt], b[2], b[3]);
+                    cuda_mma16816<CBF>(oacc[mt][2 * o2], a[mt], b[0], b[1]);
+                    cuda_mma16816<CBF>(oacc[mt][2 * o2 + 1], a[mt], b[2], b[3]);
                 }
             }
         }
@@ -643,12 +759,20 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
         l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
     }
     const bool sink = p.sinks && split == 0;
+    const float v_ds = FP8 ? cuda_descale(p.v_ds, p.vd_sb, p.vd_sh, bi, hk) : 1.0f;
     if constexpr (!WSPLIT) {
         if (!warp_active) return;
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-            attn_store_tile<BF, OTILES>(p, bi, sl.q_offset, split, &rvalid[2 * mt], &rtok[2 * mt], &rhq[2 * mt],
-                                        oacc[mt], &m[2 * mt], &l[2 * mt], sink, poison, lane);
+        for (int mt = 0; mt < MT; mt++) {
+            if constexpr (FP8) {
+#pragma unroll
+                for (int ot = 0; ot < OTILES; ot++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) oacc[mt][ot][e] *= v_ds;
+            }
+            attn_store_tile<OBF, OTILES>(p, bi, sl.q_offset, split, &rvalid[2 * mt], &rtok[2 * mt], &rhq[2 * mt],
+                                         oacc[mt], &m[2 * mt], &l[2 * mt], sink, poison, lane);
+        }
     } else {
         // Merge the 4 warps' states of the 16 rows (each saw a quarter of every key tile) in the
         // K/V stages, then each thread finishes some (row, column) elements.
@@ -683,10 +807,11 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                 o += sO[(w * 16 + row) * DV + col] * c;
             }
             attn_row(p, R, g, head, hk, &i, &hq);
+            o *= v_ds;
             if (sink) o *= attn_add_sink(p, hq, &M, &L);
-            attn_store_row<BF>(p, bi, sl.q_offset + i, hq, split, col, 1, &o, M, L, col == 0, poison);
+            attn_store_row<OBF>(p, bi, sl.q_offset + i, hq, split, col, 1, &o, M, L, col == 0, poison);
         }
-        if (p.counts) attn_combine_slots<BF, DV>(p, sl, bi, head, hk, g, row0, rows, m_block, poison, (float *)sK, tid);
+        if (p.counts) attn_combine_slots<OBF, DV>(p, sl, bi, head, hk, g, row0, rows, m_block, poison, (float *)sK, tid);
     }
 }
 
@@ -696,28 +821,33 @@ static cudaError_t attn_launch(const cuda_attn_params *p, const cuda_tma *tma, c
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
     attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>
-        <<<(unsigned)blocks, ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT), stream>>>(*p);
+        <<<(unsigned)blocks, ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), stream>>>(*p);
     return cudaGetLastError();
 }
 
 template <int HD, int DV, int BF, int MT, int WSPLIT>
 static cudaError_t attn_prepare(void) {
     return cudaFuncSetAttribute((const void *)attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem_bytes(HD, DV, MT, WSPLIT));
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2));
 }
 
 template <int HD, int DV, int BF, int MT, int WSPLIT>
 static cudaError_t attn_occupancy(int *ctas_per_sm) {
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>,
-                                                         ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT));
+                                                         ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2));
 }
 
 #define ATTN_KERNEL_ENTRY(HD, DV, BF, MT, WSPLIT, NAME)                                                               \
     {                                                                                                                \
-        HD, DV, BF, WSPLIT, 0, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT), attn_block_m(MT, WSPLIT),                    \
+        HD, DV, BF == 1, BF == 2, WSPLIT, 0, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), attn_block_m(MT, WSPLIT),                    \
             attn_block_n(HD, MT, WSPLIT), attn_launch<HD, DV, BF, MT, WSPLIT>, attn_prepare<HD, DV, BF, MT, WSPLIT>, \
             attn_occupancy<HD, DV, BF, MT, WSPLIT>                                                                   \
     }
+
+// The e4m3 kernels of a head-dim bucket (dv = d): many rows and decode.
+#define ATTN_KERNEL_SET_E4M3(HD, MT, NAME)                                                                            \
+    ATTN_KERNEL_ENTRY(HD, HD, 2, MT, 0, "mma_sm80_" NAME "_e4m3"),                                                   \
+        ATTN_KERNEL_ENTRY(HD, HD, 2, 1, 1, "mma_sm80_" NAME "_decode_e4m3")
 
 // The kernels of one (head-dim bucket, dv bucket): many rows (MT m16 tiles a warp) and decode, bf16 and f16.
 #define ATTN_KERNEL_SET(HD, DV, MT, NAME)                                                                             \

@@ -28,10 +28,6 @@ __device__ __forceinline__ int64_t simple_cache_row(const cuda_attn_params &p, c
     return (int64_t)sl.k_batch * sb + r * sr + (int64_t)hk * sh;
 }
 
-__device__ __forceinline__ float simple_descale(const float *t, int64_t sb, int64_t sh, int bi, int hk) {
-    return t ? t[(int64_t)bi * sb + (int64_t)hk * sh] : 1.0f;
-}
-
 __global__ void __launch_bounds__(SIMPLE_WARPS * 32) simple_attn_kernel(const __grid_constant__ cuda_simple_params sp) {
     const cuda_attn_params &p = sp.a;
     const int lane = threadIdx.x & 31;
@@ -77,9 +73,8 @@ __global__ void __launch_bounds__(SIMPLE_WARPS * 32) simple_attn_kernel(const __
         qv[t] = sp.qv && c < dv ? cuda_load_any(sp.qv, sp.in_dtype, qv_base + c) : 0.0f;
     }
 
-    const float qk_ds = simple_descale(sp.q_ds, sp.qd_sb, sp.qd_sh, bi, hk) *
-                        simple_descale(sp.k_ds, sp.kd_sb, sp.kd_sh, bi, hk);
-    const float v_ds = simple_descale(sp.v_ds, sp.vd_sb, sp.vd_sh, bi, hk);
+    const float qk_ds = cuda_descale(p.q_ds, p.qd_sb, p.qd_sh, bi, hk) * cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, bi, hk);
+    const float v_ds = cuda_descale(p.v_ds, p.vd_sb, p.vd_sh, bi, hk);
     const float scale = sp.scale;
     const float sink = p.sinks ? cuda_load_float(p.sinks, p.sinks_dtype, hq) : -INFINITY;
     const int seqlen_k = max(sl.seqlen_k, 0);

@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         if (lane == 0) sm90_mbar_arrive(empty_k + 8 * st);
 
         const int k0 = kmin + t * BN;
-        attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr);
+        attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, 1.0f);
         if (t > 0) {
             sm90_wgmma_wait<0>();
             sm90_fence_regs(o);
@@ -334,7 +334,7 @@ template <int HD, int BF> static cudaError_t sm90_occupancy(int *ctas_per_sm) {
 }
 
 #define SM90_KERNEL(HD, BF, NAME)                                                                                     \
-    {HD, HD, BF, 0, 1, NAME, sm90_smem_bytes(HD), SM90_BM, sm90_block_n(HD), sm90_launch<HD, BF>, sm90_prepare<HD, BF>,\
+    {HD, HD, BF, 0, 0, 1, NAME, sm90_smem_bytes(HD), SM90_BM, sm90_block_n(HD), sm90_launch<HD, BF>, sm90_prepare<HD, BF>,\
      sm90_occupancy<HD, BF>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {

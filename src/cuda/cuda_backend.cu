@@ -43,12 +43,12 @@ static fa3c_status use_device(const fa3c_context *ctx) {
 // Kernel table: one entry per (head-dim bucket, dv bucket, dtype, row shape).
 
 static const cuda_attn_kernel *const kernel_groups[] = {
-    fa3c_cuda_attn_d64, fa3c_cuda_attn_d96,  fa3c_cuda_attn_d128,
-    fa3c_cuda_attn_d192, fa3c_cuda_attn_d256, fa3c_cuda_attn_sm90,
+    fa3c_cuda_attn_d64,  fa3c_cuda_attn_d96,  fa3c_cuda_attn_d128, fa3c_cuda_attn_d192,
+    fa3c_cuda_attn_d256, fa3c_cuda_attn_sm90, fa3c_cuda_attn_e4m3,
 };
 static const int kernel_group_size[] = {
-    CUDA_ATTN_KERNELS_PER_BUCKET,     CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET,
-    2 * CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_SM90_KERNELS,
+    CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET,
+    2 * CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_SM90_KERNELS, CUDA_ATTN_E4M3_KERNELS,
 };
 #define KERNEL_GROUPS ((int)(sizeof kernel_groups / sizeof kernel_groups[0]))
 
@@ -59,11 +59,12 @@ static const cuda_attn_kernel *kernel_by_id(int32_t id) {
     return &kernel_groups[gi][ki];
 }
 
-static int32_t kernel_find(int hd, int dv, int bf16, int decode, int sm90) {
+static int32_t kernel_find(int hd, int dv, int bf16, int e4m3, int decode, int sm90) {
     for (int gi = 0; gi < KERNEL_GROUPS; gi++)
         for (int ki = 0; ki < kernel_group_size[gi]; ki++) {
             const cuda_attn_kernel *k = &kernel_groups[gi][ki];
-            if (k->hd == hd && k->dv == dv && k->bf16 == bf16 && k->decode == decode && k->sm90 == sm90)
+            if (k->hd == hd && k->dv == dv && k->bf16 == bf16 && k->e4m3 == e4m3 && k->decode == decode &&
+                k->sm90 == sm90)
                 return gi * 8 + ki;
         }
     return -1;
@@ -243,24 +244,28 @@ static fa3c_status buffer_get(fa3c_context *ctx, cuda_buffer *buf, size_t bytes,
 
 static int64_t headdim_bucket(int64_t d) { return d <= 64 ? 64 : d <= 96 ? 96 : d <= 128 ? 128 : d <= 192 ? 192 : 256; }
 
-// 16-byte rows: data pointer and every non-last stride (elements of 2 bytes) a multiple of 8.
+// 16-byte rows: data pointer and every non-last stride (in bytes) a multiple of 16.
 static bool rows_aligned(const fa3c_tensor *t) {
     if (!fa3c_present(t) || fa3c_numel(t) == 0) return true;
     if ((uintptr_t)t->data % 16) return false;
+    const int64_t per16 = 16 / fa3c_dtype_size(t->dtype);
     for (int i = 0; i < t->ndim - 1; i++)
-        if (t->stride[i] % 8) return false;
+        if (t->stride[i] % per16) return false;
     return true;
 }
 
-// The tensor-core kernel of p, or NULL when none runs it (e4m3, qv, head dims without a tile,
-// unaligned rows, a grid or shared memory beyond the kernel's limits).
+// The tensor-core kernel of p, or NULL when none runs it (qv, head dims without a tile, unaligned
+// rows, a grid or shared memory beyond the kernel's limits; e4m3 only with d = dv in the 64, 128
+// and 256 buckets, whole 16-element chunks and no rotary).
 static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa3c_problem *p, int32_t *id_out) {
     const fa3c_fwd_args *a = p->args;
-    if (p->is_fp8 || p->has_qv) return NULL;
+    if (p->has_qv) return NULL;
     int64_t hd = headdim_bucket(p->d), dvb;
     if (p->dv == p->d) dvb = hd;
     else if (p->d > 128 && p->d <= 192 && p->dv > 96 && p->dv <= 128) dvb = 128;
     else return NULL;
+    const int e4m3 = p->is_fp8;
+    if (e4m3 && (p->dv != p->d || hd == 96 || hd == 192 || p->d % 16 || p->has_rotary)) return NULL;
     const fa3c_tensor *rows[] = {&a->q, &a->k, &a->v, &a->out, &a->k_new, &a->v_new};
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         if (!rows_aligned(rows[i])) return NULL;
@@ -269,8 +274,8 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
     int64_t g = p->h / p->h_k, rows_per_seq = p->s_q * (p->pack_gqa ? g : 1);
     const int bf16 = p->in_dtype == FA3C_DTYPE_BF16, decode = rows_per_seq <= 16;
     int32_t id = -1;
-    if (st->sm90 && !decode && !p->has_rotary && dvb == hd) id = kernel_find((int)hd, (int)dvb, bf16, 0, 1);
-    if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, decode, 0);
+    if (st->sm90 && !e4m3 && !decode && !p->has_rotary && dvb == hd) id = kernel_find((int)hd, (int)dvb, bf16, 0, 0, 1);
+    if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, decode, 0);
     const cuda_attn_kernel *k = kernel_by_id(id);
     if (!k) return NULL;
     int64_t num_m = (rows_per_seq + k->block_m - 1) / k->block_m;
@@ -545,7 +550,7 @@ static void tma_maps(const cuda_state *st, const fa3c_problem *p, int block_m, i
     tma->q_on = !p->pack_gqa && tma_map(st, p, &a->q, block_m, tma->q_heads_first, &tma->q);
 }
 
-// The SIMT fallback's launch: ap (filled by cuda_fwd) plus dtypes, qv and the e4m3 descales.
+// The SIMT fallback's launch: ap (filled by cuda_fwd, e4m3 descales included) plus dtypes and qv.
 static fa3c_status run_simple(const fa3c_problem *p, const cuda_attn_params *ap, cudaStream_t stream) {
     const fa3c_fwd_args *a = p->args;
     cuda_simple_params sp;
@@ -558,17 +563,6 @@ static fa3c_status run_simple(const fa3c_problem *p, const cuda_attn_params *ap,
     if (p->has_qv) {
         sp.qv = a->qv.data;
         token_strides(&a->qv, p->varlen_q, &sp.qv_sb, &sp.qv_sr, &sp.qv_sh);
-    }
-    if (p->is_fp8) {
-        const fa3c_tensor *ds[3] = {&a->q_descale, &a->k_descale, &a->v_descale};
-        const float **ptr[3] = {&sp.q_ds, &sp.k_ds, &sp.v_ds};
-        int64_t *sb[3] = {&sp.qd_sb, &sp.kd_sb, &sp.vd_sb}, *sh[3] = {&sp.qd_sh, &sp.kd_sh, &sp.vd_sh};
-        for (int i = 0; i < 3; i++) {
-            if (!fa3c_present(ds[i])) continue;
-            *ptr[i] = (const float *)ds[i]->data;
-            *sb[i] = ds[i]->stride[0];
-            *sh[i] = ds[i]->stride[1];
-        }
     }
     CUDA_TRY(cuda_simple_launch(&sp, stream), "simple attention kernel launch");
     return FA3C_OK;
@@ -631,7 +625,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         FA3C_TRY(buffer_get(ctx, &cst->counts, (size_t)p->b * grid_heads * num_m * sizeof(int32_t), capturing, true,
                             "split counters", (void **)&counts));
 
-    if (p->append) FA3C_TRY(run_append(ctx, p, &seq, simple));
+    if (p->append) FA3C_TRY(run_append(ctx, p, &seq, simple || p->is_fp8)); // e4m3 rows: the scalar append
 
     const int32_t *splits = NULL;
     if (exact_dyn && have_meta) splits = (const int32_t *)a->scheduler_metadata.data + FA3C_SCHED_HEADER;
@@ -711,6 +705,17 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         ap.rotary_dim = (int32_t)p->rotary_dim;
         ap.rot_interleaved = p->rotary_interleaved;
         ap.rot_per_row = p->is_causal || p->is_local;
+    }
+    if (p->is_fp8) { // (b, h_k) descales; absent ones stay NULL (1)
+        const fa3c_tensor *ds[3] = {&a->q_descale, &a->k_descale, &a->v_descale};
+        const float **ptr[3] = {&ap.q_ds, &ap.k_ds, &ap.v_ds};
+        int64_t *sb[3] = {&ap.qd_sb, &ap.kd_sb, &ap.vd_sb}, *sh[3] = {&ap.qd_sh, &ap.kd_sh, &ap.vd_sh};
+        for (int i = 0; i < 3; i++) {
+            if (!fa3c_present(ds[i])) continue;
+            *ptr[i] = (const float *)ds[i]->data;
+            *sb[i] = ds[i]->stride[0];
+            *sh[i] = ds[i]->stride[1];
+        }
     }
     ap.num_splits = W;
     ap.split_block_n = p->block_n;

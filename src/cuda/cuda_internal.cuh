@@ -332,7 +332,14 @@ typedef struct cuda_attn_params {
     const int32_t *splits_dyn;             // (b,) per-sequence split counts, or NULL (all S)
     int32_t *counts;                       // (b, grid_heads, num_m_blocks) arrival counters, or NULL
     cuda_meta_check meta;                  // checked when out/lse are written here
+    const float *q_ds, *k_ds, *v_ds;       // (b, h_k) descales (e4m3 only), NULL: 1
+    int64_t qd_sb, qd_sh, kd_sb, kd_sh, vd_sb, vd_sh;
 } cuda_attn_params;
+
+// descale[bi, hk] of a (b, h_k) fp32 tensor; 1 when absent.
+__device__ __forceinline__ float cuda_descale(const float *t, int64_t sb, int64_t sh, int bi, int hk) {
+    return t ? t[(int64_t)bi * sb + (int64_t)hk * sh] : 1.0f;
+}
 
 // Tensor maps for the wgmma kernel's bulk tensor copies: K and V of a contiguous-row cache (not
 // paged) and Q (not packed GQA): dims (d, rows, heads, batches), or (d, heads, rows, batches) when
@@ -347,6 +354,7 @@ typedef struct cuda_tma {
 
 typedef struct cuda_attn_kernel {
     int         hd, dv, bf16;
+    int         e4m3;       // 1: e4m3 inputs (bf16 out)
     int         decode;     // 1: the few-rows variant (16 rows, the 4 warps split each key tile)
     int         sm90;       // 1: the wgmma kernel (compute capability 9.x only)
     const char *name;
@@ -363,6 +371,8 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d96[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d128[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCKET]; // dv 192, then dv 128
 extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
+#define CUDA_ATTN_E4M3_KERNELS 6 // {d 64, 128, 256} x {many rows, decode} (cuda_attn_e4m3.cu)
+extern const cuda_attn_kernel fa3c_cuda_attn_e4m3[CUDA_ATTN_E4M3_KERNELS];
 #define CUDA_ATTN_SM90_KERNELS 6 // {d 64, 128, 256} x {bf16, f16}, many rows (cuda_attn_sm90.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
 
@@ -380,8 +390,6 @@ typedef struct cuda_simple_params {
     float   scale;                           // softmax scale
     const void *qv;                          // (b, s_q, h, dv) / (total_q, h, dv) or NULL
     int64_t qv_sb, qv_sr, qv_sh;
-    const float *q_ds, *k_ds, *v_ds;         // (b, h_k) descales (e4m3 only), NULL: 1
-    int64_t qd_sb, qd_sh, kd_sb, kd_sh, vd_sb, vd_sh;
 } cuda_simple_params;
 
 cudaError_t cuda_simple_launch(const cuda_simple_params *p, cudaStream_t stream);
