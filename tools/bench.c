@@ -183,13 +183,14 @@ typedef struct flusher {
     size_t bytes;
 } flusher;
 
-/* Evicts the caches: writes and reads a buffer larger than the last-level cache. */
+/* Evicts the caches: a store into every cache line of a buffer larger than the last-level
+ * cache. Plain stores, not memset: a large memset may use stores that bypass the caches (glibc's
+ * rep stosb does on some CPUs), which leaves the data to be flushed where it was. */
 static void flush_caches(flusher *f) {
     if (!f->buf) return;
-    memset(f->buf, (int)(now_s() * 1e3) & 0x7F, f->bytes);
-    volatile char sink = 0;
-    for (size_t i = 0; i < f->bytes; i += 4096) sink += f->buf[i];
-    (void)sink;
+    volatile char *b = f->buf;
+    char v = (char)((int)(now_s() * 1e3) & 0x7F);
+    for (size_t i = 0; i < f->bytes; i += 64) b[i] = v;
 }
 
 /* Best (least) seconds of fa3c_fwd(ctx, a) over repeated calls (at least 3, until min_time has

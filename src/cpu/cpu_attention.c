@@ -21,8 +21,10 @@
 #include <math.h>
 #include <string.h>
 
-/* Target packed rows per item: tiles of (64, d) fp32 for Q and O sit in L2 next to K and V. */
-#define ROWS_TARGET 64
+/* Target packed rows per item: every row of an item shares its packed K / V tiles, so more rows
+ * spread the packing thinner; (128, d) fp32 for Q and O (64 KiB each at d 128) still sit in L2
+ * next to K and V. */
+#define ROWS_TARGET 128
 /* KV heads per item when every sequence's queries fit one tile (decode): whole cache rows are
  * read at once, and the group's K / V tiles (<= 8 x 64 keys) still fit in L2. */
 #define DECODE_HEADS 8
@@ -30,6 +32,11 @@
 #define ITEMS_PER_THREAD 4
 /* Query rows per combine item. */
 #define COMBINE_ROWS 16
+/* Packed rows per kernel call within a tile (a multiple of the kernels' row blocks). */
+#define ROW_CHUNK 16
+/* Keys of a tile packed per step (tiles are padded to a multiple of it), each step followed by the
+ * fetch of as many of the next tile's rows. */
+#define PACK_KEYS 16
 
 typedef struct attn_job {
     const fa3c_problem *p;
@@ -107,6 +114,12 @@ static void tile_rows(const fa3c_problem *p, const fa3c_seqlens *sl, int64_t hk,
     for (int64_t j = n; j < n16; j++) krow[j] = vrow[j] = cpu_zero_row;
 }
 
+/* rows[0, n) of bytes each into the caches (level 2 and up). */
+static void prefetch_rows(const void *const *rows, int64_t n, int64_t bytes) {
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t c = 0; c < bytes; c += 64) __builtin_prefetch((const char *)rows[j] + c, 0, 2);
+}
+
 /* Q (R, dq) fp32 of the item's rows: q (rotated at rotary_base + i when causal / local, else at
  * rotary_base, then rounded to the input dtype), followed by qv when given. */
 static void load_queries(const attn_job *job, const fa3c_seqlens *sl, int64_t bi, int64_t hk, int64_t i0,
@@ -168,6 +181,7 @@ static void attention_item(void *arg, int64_t item, int thread) {
     uint32_t *qp = (uint32_t *)(ws + job->off_qp), *pp = (uint32_t *)(ws + job->off_pp);
     int32_t *jlo = (int32_t *)(ws + job->off_jlo), *jhi = (int32_t *)(ws + job->off_jhi);
     const void **krow = (const void **)(ws + job->off_krow), **vrow = (const void **)(ws + job->off_vrow);
+    const void **knext = krow + job->nh * CPU_NB, **vnext = vrow + job->nh * CPU_NB;
     int64_t *lo = (int64_t *)(ws + job->off_lo), *hi = (int64_t *)(ws + job->off_hi);
 
     /* Keys of this split, then each row's visible keys within them and their union. */
@@ -221,49 +235,54 @@ static void attention_item(void *arg, int64_t item, int thread) {
         if (!any) continue;
         for (int64_t hh = 0; hh < nh; hh++)
             tile_rows(p, sl, hk0 + hh, k0, n, n16, krow + hh * CPU_NB, vrow + hh * CPU_NB);
-        if (k0 + CPU_NB < kv_hi) {
-            /* The next tile's rows, fetched while this one computes: the packs read one head's
-             * slice of each row (or a few heads' slices in 16-row steps), a pattern the hardware
-             * prefetchers follow poorly once K / V outgrow L2. */
-            int64_t n1 = kv_hi - k0 - CPU_NB < CPU_NB ? kv_hi - k0 - CPU_NB : CPU_NB;
-            const void *kn[CPU_NB], *vn[CPU_NB];
-            for (int64_t hh = 0; hh < nh; hh++) {
-                tile_rows(p, sl, hk0 + hh, k0 + CPU_NB, n1, n1, kn, vn);
-                for (int64_t j = 0; j < n1; j++) {
-                    const char *kr = kn[j], *vr = vn[j];
-                    for (int64_t c = 0; c < job->k_bytes; c += 64) __builtin_prefetch(kr + c, 0, 2);
-                    for (int64_t c = 0; c < job->v_bytes; c += 64) __builtin_prefetch(vr + c, 0, 2);
-                }
-            }
-        }
-        for (int64_t jb = 0; jb < n16; jb += 16) {
+        /* The next tile's rows are fetched while this one is packed, one 16-key slice of one head
+         * after each slice packed: spread out, the fetches overlap the work (a burst of them would
+         * stall the core until most had arrived); the cache's rows are not read in an order the
+         * hardware prefetchers follow once they come from random pages. */
+        int64_t n1 = k0 + CPU_NB < kv_hi ? (kv_hi - k0 - CPU_NB < CPU_NB ? kv_hi - k0 - CPU_NB : CPU_NB) : 0;
+        for (int64_t hh = 0; hh < nh && n1 > 0; hh++)
+            tile_rows(p, sl, hk0 + hh, k0 + CPU_NB, n1, n1, knext + hh * CPU_NB, vnext + hh * CPU_NB);
+        for (int64_t jb = 0; jb < n16; jb += PACK_KEYS) {
             for (int64_t hh = 0; hh < nh; hh++) {
                 const void **kr = krow + hh * CPU_NB + jb, **vr = vrow + hh * CPU_NB + jb;
+                const void **kn = knext + hh * CPU_NB + jb, **vn = vnext + hh * CPU_NB + jb;
+                int64_t nn = n1 - jb < PACK_KEYS ? n1 - jb : PACK_KEYS; /* next-tile rows to fetch */
                 float *kth = kt + hh * dq * CPU_NB + jb, *vth = vt + hh * CPU_NB * dvp;
                 if (job->bf16_dot) {
                     uint32_t *kp = (uint32_t *)(kt + hh * dq * CPU_NB) + jb;
-                    k->pack_k_bf16(kr, 16, p->d, p->in_dtype, 0, kp);
-                    if (p->has_qv) k->pack_k_bf16(vr, 16, p->dv, p->in_dtype, p->d, kp);
-                    k->pack_v_bf16(vr, 16, p->dv, p->in_dtype, (uint32_t *)vth + jb / 2 * dvp);
+                    k->pack_k_bf16(kr, PACK_KEYS, p->d, p->in_dtype, 0, kp);
+                    if (p->has_qv) k->pack_k_bf16(vr, PACK_KEYS, p->dv, p->in_dtype, p->d, kp);
+                    prefetch_rows(kn, nn, job->k_bytes);
+                    k->pack_v_bf16(vr, PACK_KEYS, p->dv, p->in_dtype, (uint32_t *)vth + jb / 2 * dvp);
                 } else {
-                    k->pack_k(kr, 16, p->d, p->in_dtype, 0, kth);
-                    if (p->has_qv) k->pack_k(vr, 16, p->dv, p->in_dtype, p->d, kth);
-                    k->pack_v(vr, n - jb < 16 ? n - jb : 16, p->dv, p->in_dtype, vth + jb * dvp);
+                    k->pack_k(kr, PACK_KEYS, p->d, p->in_dtype, 0, kth);
+                    if (p->has_qv) k->pack_k(vr, PACK_KEYS, p->dv, p->in_dtype, p->d, kth);
+                    prefetch_rows(kn, nn, job->k_bytes);
+                    k->pack_v(vr, n - jb < PACK_KEYS ? n - jb : PACK_KEYS, p->dv, p->in_dtype, vth + jb * dvp);
                 }
+                prefetch_rows(vn, nn, job->v_bytes);
             }
         }
         for (int64_t hh = 0; hh < nh; hh++) {
-            float *mh = m + hh * Rm, *lh = l + hh * Rm, *ah = alpha + hh * Rm, *oh = o + hh * Rm * dvp;
             const float *kth = kt + hh * dq * CPU_NB, *vth = vt + hh * CPU_NB * dvp;
             float qkd = descale(p, &a->q_descale, bi, hk0 + hh) * descale(p, &a->k_descale, bi, hk0 + hh);
-            if (job->bf16_dot) {
-                k->qk_bf16(qp + hh * Rm * dq / 2, R, dq, (const uint32_t *)kth, n16, sc);
-                k->softmax(sc, R, n, jlo, jhi, p->scale * qkd, p->softcap, mh, lh, ah);
-                k->pv_bf16(sc, R, n, (const uint32_t *)vth, dvp, ah, oh, pp);
-            } else {
-                k->qk(q32 + hh * Rm * dq, R, dq, kth, n16, sc);
-                k->softmax(sc, R, n, jlo, jhi, p->scale * qkd, p->softcap, mh, lh, ah);
-                k->pv(sc, R, n, vth, dvp, ah, oh);
+            /* Rows in chunks, each over the keys its rows see: on a causal diagonal the first
+             * rows see few keys of the tile (masked keys past them would only add zeros) */
+            for (int64_t r0 = 0; r0 < R; r0 += ROW_CHUNK) {
+                int64_t rn = R - r0 < ROW_CHUNK ? R - r0 : ROW_CHUNK, nc = 0;
+                for (int64_t r = r0; r < r0 + rn; r++) nc = jhi[r] > nc ? jhi[r] : nc;
+                if (nc == 0) continue; /* no row sees a key: their states stay as they are */
+                int64_t nc16 = (nc + 15) & ~(int64_t)15, hr = hh * Rm + r0;
+                float *mh = m + hr, *lh = l + hr, *ah = alpha + hr, *oh = o + hr * dvp;
+                if (job->bf16_dot) {
+                    k->qk_bf16(qp + hr * dq / 2, rn, dq, (const uint32_t *)kth, nc16, sc);
+                    k->softmax(sc, rn, nc, jlo + r0, jhi + r0, p->scale * qkd, p->softcap, mh, lh, ah);
+                    k->pv_bf16(sc, rn, nc, (const uint32_t *)vth, dvp, ah, oh, pp);
+                } else {
+                    k->qk(q32 + hr * dq, rn, dq, kth, nc16, sc);
+                    k->softmax(sc, rn, nc, jlo + r0, jhi + r0, p->scale * qkd, p->softcap, mh, lh, ah);
+                    k->pv(sc, rn, nc, vth, dvp, ah, oh);
+                }
             }
         }
     }
@@ -393,8 +412,8 @@ fa3c_status cpu_attention(fa3c_context *ctx, const fa3c_problem *p, const fa3c_s
     job.off_alpha = cpu_carve_take(&tc, (size_t)(nh * R) * sizeof(float));
     job.off_jlo = cpu_carve_take(&tc, (size_t)R * sizeof(int32_t));
     job.off_jhi = cpu_carve_take(&tc, (size_t)R * sizeof(int32_t));
-    job.off_krow = cpu_carve_take(&tc, (size_t)(nh * CPU_NB) * sizeof(void *));
-    job.off_vrow = cpu_carve_take(&tc, (size_t)(nh * CPU_NB) * sizeof(void *));
+    job.off_krow = cpu_carve_take(&tc, (size_t)(2 * nh * CPU_NB) * sizeof(void *)); /* this tile's, the next's */
+    job.off_vrow = cpu_carve_take(&tc, (size_t)(2 * nh * CPU_NB) * sizeof(void *));
     job.off_lo = cpu_carve_take(&tc, (size_t)job.mt * sizeof(int64_t));
     job.off_hi = cpu_carve_take(&tc, (size_t)job.mt * sizeof(int64_t));
     job.per_thread = tc.used;

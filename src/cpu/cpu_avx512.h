@@ -68,19 +68,19 @@ AVX512_INLINE __m512i avx512_bf16_bits(__m512 x) {
 }
 
 /* 2^t: round(t) applied by scalef (which also gives 0 far below and inf far above) times a
- * degree-7 polynomial of the rest in [-0.5, 0.5]. 2^-inf = 0. */
+ * degree-6 polynomial of the rest in [-0.5, 0.5] (fitted to the relative error at Chebyshev nodes:
+ * under 1e-7 relative error evaluated in fp32, about fp32's own rounding). 2^-inf = 0. */
 AVX512_INLINE __m512 avx512_exp2(__m512 t) {
     t = _mm512_max_ps(_mm512_set1_ps(-160.0f), t); /* operand order keeps NaN */
     t = _mm512_min_ps(_mm512_set1_ps(160.0f), t);
     __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(t, k);
-    __m512 p = _mm512_set1_ps(1.5252733804059840e-05f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381609e-04f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
+    __m512 p = _mm512_set1_ps(1.5337577497120947e-04f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399859890341759e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6185198053717613e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503290146589279e-02f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248340607e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718246459961e-01f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, k);
 }

@@ -51,26 +51,27 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* exp(x) = 2^k p(f), t = x log2(e) = k + f; 2^k built in the exponent field, so t is clamped to
- * the normal range and t < -126 gives 0 (exp(-inf) = 0). */
-INLINE __m256 exp8(__m256 x) {
-    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+/* 2^t = 2^k p(f), t = k + f; 2^k built in the exponent field, so t is clamped to the normal
+ * range and t < -126 gives 0 (2^-inf = 0). */
+INLINE __m256 exp2_8(__m256 t) {
     __m256 under = _mm256_cmp_ps(t, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
     t = _mm256_max_ps(_mm256_set1_ps(-126.0f), t);
     t = _mm256_min_ps(_mm256_set1_ps(127.0f), t);
     __m256 k = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 f = _mm256_sub_ps(t, k);
-    __m256 p = _mm256_set1_ps(1.5252733804059840e-05f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530393381609e-04f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-03f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291076284772e-03f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504108664821580e-02f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650695910071e-01f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718055994531e-01f));
+    __m256 p = _mm256_set1_ps(1.5337577497120947e-04f); /* the coefficients of cpu_avx512.h */
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3399859890341759e-03f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6185198053717613e-03f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5503290146589279e-02f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022646248340607e-01f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718246459961e-01f));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
+
+/* exp(x) = 2^(x log2(e)). */
+INLINE __m256 exp8(__m256 x) { return exp2_8(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f))); }
 
 INLINE __m256 tanh8(__m256 x) {
     __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0f));
@@ -172,42 +173,69 @@ static void qk(const float *q, int64_t R, int64_t dq, const float *kt, int64_t n
     }
 }
 
+/* As the AVX-512 level: a row's vectors stay in registers between the max and the exp; without
+ * softcap and with mul > 0 the max is taken on the raw sums and each exponent is one FMA; alpha
+ * and the running sums of 8 rows at a time are updated in vectors. */
 static void softmax(float *s, int64_t R, int64_t n, const int32_t *jlo, const int32_t *jhi, float mul, float cap,
                     float *m, float *l, float *alpha) {
     const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 vmul = _mm256_set1_ps(cap > 0.0f ? mul / cap : mul), vcap = _mm256_set1_ps(cap);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    for (int64_t r = 0; r < R; r++) {
-        float *x = s + r * CPU_NB;
-        __m256i lo1 = _mm256_set1_epi32(jlo[r] - 1), hi = _mm256_set1_epi32(jhi[r]);
-        __m256 valid[CPU_NB / 8];
-        __m256 mx = ninf;
-        for (int64_t j = 0; j < n; j += 8) {
-            __m256i idx = _mm256_add_epi32(iota, _mm256_set1_epi32((int)j));
-            __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(idx, lo1), _mm256_cmpgt_epi32(hi, idx));
-            __m256 vm = _mm256_castsi256_ps(in);
-            valid[j / 8] = vm;
-            __m256 v = _mm256_mul_ps(_mm256_load_ps(x + j), vmul);
-            if (cap > 0.0f) v = _mm256_mul_ps(vcap, tanh8(v));
-            v = _mm256_blendv_ps(ninf, v, vm);
-            _mm256_store_ps(x + j, v);
-            mx = _mm256_max_ps(mx, v);
+    const bool raw = cap <= 0.0f && mul > 0.0f;
+    const __m256 vmul = _mm256_set1_ps(cap > 0.0f ? mul / cap : mul), vcap = _mm256_set1_ps(cap);
+    const float unit = raw ? mul : 1.0f, log2e = 1.44269504088896341f;
+    const __m256 vc = _mm256_set1_ps(unit * log2e);
+    const int64_t nv = (n + 7) / 8;
+    for (int64_t r0 = 0; r0 < R; r0 += 8) {
+        int64_t rn = R - r0 < 8 ? R - r0 : 8;
+        float mo[8], mnew[8], sums[8], lo8[8];
+        for (int64_t r = r0; r < r0 + rn; r++) {
+            float *row = s + r * CPU_NB;
+            __m256 x[CPU_NB / 8], valid[CPU_NB / 8];
+            __m256i lo1 = _mm256_set1_epi32(jlo[r] - 1), hi = _mm256_set1_epi32(jhi[r]);
+            __m256 mx = ninf;
+            for (int64_t v = 0; v < nv; v++) {
+                __m256i idx = _mm256_add_epi32(iota, _mm256_set1_epi32((int)(8 * v)));
+                __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(idx, lo1), _mm256_cmpgt_epi32(hi, idx));
+                valid[v] = _mm256_castsi256_ps(in);
+                x[v] = _mm256_load_ps(row + 8 * v);
+                if (!raw) {
+                    x[v] = _mm256_mul_ps(x[v], vmul);
+                    if (cap > 0.0f) x[v] = _mm256_mul_ps(vcap, tanh8(x[v]));
+                }
+                mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, x[v], valid[v]));
+            }
+            float mn = fmaxf(m[r], hmax8(mx) * unit);
+            mo[r - r0] = m[r];
+            mnew[r - r0] = mn;
+            lo8[r - r0] = l[r];
+            sums[r - r0] = 0.0f;
+            if (mn == -INFINITY) {
+                for (int64_t v = 0; v < nv; v++) _mm256_store_ps(row + 8 * v, _mm256_setzero_ps());
+                continue;
+            }
+            __m256 bias = _mm256_set1_ps(-mn * log2e), sum = _mm256_setzero_ps();
+            for (int64_t v = 0; v < nv; v++) {
+                __m256 e = _mm256_and_ps(valid[v], exp2_8(_mm256_fmadd_ps(x[v], vc, bias)));
+                _mm256_store_ps(row + 8 * v, e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            sums[r - r0] = hsum8(sum);
         }
-        float mn = fmaxf(m[r], hmax8(mx));
-        if (mn == -INFINITY) {
-            for (int64_t j = 0; j < n; j += 8) _mm256_store_ps(x + j, _mm256_setzero_ps());
-            alpha[r] = 1.0f;
-            continue;
+        for (int64_t i = rn; i < 8; i++) mo[i] = mnew[i] = lo8[i] = sums[i] = 0.0f;
+        /* alpha = exp(m - m') (1 where m' = -inf: the row is unchanged), l = l alpha + sum, m = m' */
+        __m256 vo = _mm256_loadu_ps(mo), vn = _mm256_loadu_ps(mnew);
+        __m256 dead = _mm256_cmp_ps(vn, ninf, _CMP_EQ_OQ);
+        __m256 a = exp2_8(_mm256_mul_ps(_mm256_sub_ps(vo, vn), _mm256_set1_ps(log2e)));
+        a = _mm256_blendv_ps(a, _mm256_set1_ps(1.0f), dead);
+        __m256 lv = _mm256_fmadd_ps(_mm256_loadu_ps(lo8), a, _mm256_loadu_ps(sums));
+        float av[8], lvv[8];
+        _mm256_storeu_ps(av, a);
+        _mm256_storeu_ps(lvv, lv);
+        for (int64_t i = 0; i < rn; i++) {
+            alpha[r0 + i] = av[i];
+            l[r0 + i] = lvv[i];
+            m[r0 + i] = mnew[i];
         }
-        __m256 vmn = _mm256_set1_ps(mn), sum = _mm256_setzero_ps();
-        for (int64_t j = 0; j < n; j += 8) {
-            __m256 e = _mm256_and_ps(valid[j / 8], exp8(_mm256_sub_ps(_mm256_load_ps(x + j), vmn)));
-            _mm256_store_ps(x + j, e);
-            sum = _mm256_add_ps(sum, e);
-        }
-        alpha[r] = expf(m[r] - mn);
-        l[r] = l[r] * alpha[r] + hsum8(sum);
-        m[r] = mn;
     }
 }
 

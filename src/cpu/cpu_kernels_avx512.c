@@ -43,12 +43,12 @@ static void pack_k(const void *const *rows, int64_t n16, int64_t dk, fa3c_dtype 
     }
 }
 
+/* 16 elements per step; the masked tail of a row gives the zero padding. */
 static void pack_v(const void *const *rows, int64_t n, int64_t dv, fa3c_dtype dtype, float *vt) {
     int64_t dvp = (dv + 15) & ~(int64_t)15;
-    for (int64_t j = 0; j < n; j++) {
-        for (int64_t c = 0; c < dv; c += 8) _mm256_store_ps(vt + j * dvp + c, avx512_load8(rows[j], dtype, c));
-        if (dvp != dv) _mm256_store_ps(vt + j * dvp + dv, _mm256_setzero_ps());
-    }
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t c = 0; c < dvp; c += 16)
+            _mm512_store_ps(vt + j * dvp + c, avx512_load(rows[j], dtype, c, avx512_lanes(dv - c)));
 }
 
 /* S rows [0, rows) x vectors [0, cv) of one register block; q (rows, dq) row stride dq. */
@@ -108,54 +108,99 @@ static void qk(const float *q, int64_t R, int64_t dq, const float *kt, int64_t n
     }
 }
 
-/* A row's (<= 4) vectors stay in registers between the max and the exp. Without softcap and
- * with mul > 0 the max is taken on the raw sums (max(mul x) = mul max(x)) and each exponent is
- * one FMA, exp(mul x - m) = 2^(x mul log2(e) - m log2(e)). */
-static void softmax(float *s, int64_t R, int64_t n, const int32_t *jlo, const int32_t *jhi, float mul, float cap,
-                    float *m, float *l, float *alpha) {
+/* The softmax constants of one call (see softmax). */
+typedef struct softmax_consts {
+    bool   raw;       /* no softcap and mul > 0: max on the raw sums, scale folded into the exponent */
+    float  unit;      /* mul when raw, else 1 */
+    float  cap;       /* softcap, 0: off */
+    __m512 vmul, vcap, vc;
+} softmax_consts;
+
+/* Rows [r, r + rows) of one softmax step: their max and exp chains are independent, so doing
+ * them side by side hides the latency of the horizontal reductions. mnew / sums (rows,) get the
+ * new maxima and the sums of the exponentials. */
+AVX512_INLINE void softmax_rows(float *s, int64_t n, const int32_t *jlo, const int32_t *jhi, const float *m,
+                                const softmax_consts *k, float *mnew, float *sums, const int rows) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
-    const bool raw = cap <= 0.0f && mul > 0.0f; /* max on raw sums, scale folded into the exponent */
-    const __m512 vmul = _mm512_set1_ps(cap > 0.0f ? mul / cap : mul), vcap = _mm512_set1_ps(cap);
-    const float unit = raw ? mul : 1.0f, log2e = 1.44269504088896341f;
-    const __m512 vc = _mm512_set1_ps(unit * log2e);
+    const float log2e = 1.44269504088896341f;
     const int64_t nv = (n + 15) / 16;
-    for (int64_t r = 0; r < R; r++) {
-        float *row = s + r * CPU_NB;
-        __m512 x[CPU_NB / 16];
-        __mmask16 vm[CPU_NB / 16];
-        bool full = jlo[r] == 0 && jhi[r] == n;
-        __m512i lo = _mm512_set1_epi32(jlo[r]), hi = _mm512_set1_epi32(jhi[r]);
-        __m512 mx = ninf;
+    __m512 x[4][CPU_NB / 16], mx[4];
+    __mmask16 vm[4][CPU_NB / 16];
+#pragma GCC unroll 4
+    for (int i = 0; i < rows; i++) {
+        __m512i lo = _mm512_set1_epi32(jlo[i]), hi = _mm512_set1_epi32(jhi[i]);
+        mx[i] = ninf;
         for (int64_t v = 0; v < nv; v++) {
-            x[v] = _mm512_load_ps(row + 16 * v);
-            if (full) {
-                vm[v] = avx512_lanes(n - 16 * v);
-            } else {
-                __m512i idx = _mm512_add_epi32(iota, _mm512_set1_epi32((int)(16 * v)));
-                vm[v] = _mm512_cmpge_epi32_mask(idx, lo) & _mm512_cmplt_epi32_mask(idx, hi);
+            __m512i idx = _mm512_add_epi32(iota, _mm512_set1_epi32((int)(16 * v)));
+            vm[i][v] = _mm512_cmpge_epi32_mask(idx, lo) & _mm512_cmplt_epi32_mask(idx, hi);
+            x[i][v] = _mm512_load_ps(s + i * CPU_NB + 16 * v);
+            if (!k->raw) {
+                x[i][v] = _mm512_mul_ps(x[i][v], k->vmul);
+                if (k->cap > 0.0f) x[i][v] = _mm512_mul_ps(k->vcap, avx512_tanh(x[i][v]));
             }
-            if (!raw) {
-                x[v] = _mm512_mul_ps(x[v], vmul);
-                if (cap > 0.0f) x[v] = _mm512_mul_ps(vcap, avx512_tanh(x[v]));
-            }
-            mx = _mm512_max_ps(mx, _mm512_mask_blend_ps(vm[v], ninf, x[v]));
+            mx[i] = _mm512_max_ps(mx[i], _mm512_mask_blend_ps(vm[i][v], ninf, x[i][v]));
         }
-        float mn = fmaxf(m[r], _mm512_reduce_max_ps(mx) * unit);
-        if (mn == -INFINITY) {
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < rows; i++) mnew[i] = fmaxf(m[i], _mm512_reduce_max_ps(mx[i]) * k->unit);
+#pragma GCC unroll 4
+    for (int i = 0; i < rows; i++) {
+        float *row = s + i * CPU_NB;
+        sums[i] = 0.0f;
+        if (mnew[i] == -INFINITY) {
             for (int64_t v = 0; v < nv; v++) _mm512_store_ps(row + 16 * v, _mm512_setzero_ps());
-            alpha[r] = 1.0f;
             continue;
         }
-        __m512 bias = _mm512_set1_ps(-mn * log2e), sum = _mm512_setzero_ps();
+        __m512 bias = _mm512_set1_ps(-mnew[i] * log2e), sum = _mm512_setzero_ps();
         for (int64_t v = 0; v < nv; v++) {
-            __m512 e = _mm512_maskz_mov_ps(vm[v], avx512_exp2(_mm512_fmadd_ps(x[v], vc, bias)));
+            __m512 e = _mm512_maskz_mov_ps(vm[i][v], avx512_exp2(_mm512_fmadd_ps(x[i][v], k->vc, bias)));
             _mm512_store_ps(row + 16 * v, e);
             sum = _mm512_add_ps(sum, e);
         }
-        alpha[r] = expf(m[r] - mn);
-        l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
-        m[r] = mn;
+        sums[i] = _mm512_reduce_add_ps(sum);
+    }
+}
+
+/* A row's (<= 4) vectors stay in registers between the max and the exp, four rows side by side.
+ * Without softcap and with mul > 0 the max is taken on the raw sums (max(mul x) = mul max(x))
+ * and each exponent is one FMA, exp(mul x - m) = 2^(x mul log2(e) - m log2(e)). The rescale
+ * factors alpha and the running sums of 16 rows at a time are updated in vectors once their rows
+ * are done. */
+static void softmax(float *s, int64_t R, int64_t n, const int32_t *jlo, const int32_t *jhi, float mul, float cap,
+                    float *m, float *l, float *alpha) {
+    const float log2e = 1.44269504088896341f;
+    softmax_consts k;
+    k.raw = cap <= 0.0f && mul > 0.0f;
+    k.unit = k.raw ? mul : 1.0f;
+    k.cap = cap;
+    k.vmul = _mm512_set1_ps(cap > 0.0f ? mul / cap : mul);
+    k.vcap = _mm512_set1_ps(cap);
+    k.vc = _mm512_set1_ps(k.unit * log2e);
+    for (int64_t r0 = 0; r0 < R; r0 += 16) {
+        int64_t rn = R - r0 < 16 ? R - r0 : 16;
+        float mnew[16], sums[16];
+        for (int64_t i = 0; i < rn; i += 4) {
+            int64_t r = r0 + i;
+            float *sr = s + r * CPU_NB;
+            switch (rn - i < 4 ? rn - i : 4) {
+            case 4: softmax_rows(sr, n, jlo + r, jhi + r, m + r, &k, mnew + i, sums + i, 4); break;
+            case 3: softmax_rows(sr, n, jlo + r, jhi + r, m + r, &k, mnew + i, sums + i, 3); break;
+            case 2: softmax_rows(sr, n, jlo + r, jhi + r, m + r, &k, mnew + i, sums + i, 2); break;
+            default: softmax_rows(sr, n, jlo + r, jhi + r, m + r, &k, mnew + i, sums + i, 1); break;
+            }
+        }
+        /* alpha = exp(m - m') (1 where m' = -inf: the row is unchanged), l = l alpha + sum, m = m' */
+        const __m512 ninf = _mm512_set1_ps(-INFINITY);
+        __mmask16 mk = avx512_lanes(rn);
+        __m512 mo = _mm512_maskz_loadu_ps(mk, m + r0), mv = _mm512_maskz_loadu_ps(mk, mnew);
+        __mmask16 dead = _mm512_cmpeq_ps_mask(mv, ninf);
+        __m512 a = avx512_exp2(_mm512_mul_ps(_mm512_sub_ps(mo, mv), _mm512_set1_ps(log2e)));
+        a = _mm512_mask_blend_ps(dead, a, _mm512_set1_ps(1.0f));
+        __m512 lv = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, l + r0), a, _mm512_maskz_loadu_ps(mk, sums));
+        _mm512_mask_storeu_ps(alpha + r0, mk, a);
+        _mm512_mask_storeu_ps(l + r0, mk, lv);
+        _mm512_mask_storeu_ps(m + r0, mk, mv);
     }
 }
 
