@@ -134,6 +134,15 @@ static void build(case_list *l) {
     c = add(l, TU_BATCHED, F16, 2, 16, 333, 4, 4, 256), c->wl = 40, c->wr = 7, c->num_splits = 3;
     c = add(l, TU_VARLEN, BF, 7, 4, 500, 8, 2, 192), c->causal = true, c->zero_len = true, c->num_splits = 0;
 
+    /* prefill-shaped calls on a paged cache (SGLang's extend): bulk copies a page run at a time
+     * for page sizes >= 16 on the wgmma kernel, cp.async gathers otherwise */
+    c = add(l, TU_KVCACHE, BF, 3, 200, 1000, 8, 2, 128), c->page_size = 16, c->causal = true;
+    c = add(l, TU_KVCACHE, F16, 2, 300, 1500, 4, 4, 64), c->page_size = 64, c->causal = true, c->s_new = 40;
+    c = add(l, TU_KVCACHE, BF, 2, 130, 900, 4, 1, 256), c->page_size = 256, c->wl = 300, c->wr = 0;
+    c = add(l, TU_KVCACHE, BF, 4, 64, 700, 8, 2, 128), c->page_size = 32, c->varlen_q = true, c->s_new = 64,
+    c->causal = true, c->num_splits = 3;
+    c = add(l, TU_KVCACHE, BF, 2, 100, 600, 4, 2, 128), c->page_size = 48, c->causal = true;
+
     /* e4m3 on the tensor-core kernels (tiles converted to fp16): decode shape, many rows, paged,
      * varlen, splits, descales, append, sinks, softcap, windows, d 64 / 128 / 256 */
     c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 4, 1, 1000, 32, 8, 128), c->descale = true, c->page_size = 16,

@@ -4,7 +4,8 @@
  *
  *   prefill: FA3's sweep: bf16, hidden 2048 (d = 64, 128, 256 with h = 32, 16, 8), 16k tokens in
  *            total (b = 16384 / s), s = 512..16k, causal and not; TFLOP/s with FA3's count
- *            4 * b * h * s * s * d (halved when causal).
+ *            4 * b * h * s * s * d (halved when causal); then d 128 causal over a paged cache
+ *            (page sizes 1, 16, 64, random page order), s = 4k and 16k.
  *   decode:  q_len 1, 32 q heads / 8 kv heads, d = 128, bf16, batch 1..128, KV length 1k..64k,
  *            contiguous cache and page sizes 1, 16, 64 (random page order), cache_seqlens = KV
  *            length, num_splits = 0 (heuristic); each call replayed from a CUDA graph; K/V bytes
@@ -152,6 +153,56 @@ static double copy_bandwidth(cudaStream_t st) {
     return 2.0 * (double)bytes / median(t, 10);
 }
 
+/* host[0 .. np) := the page ids 0 .. np - 1 in a fixed random order. */
+static void random_pages(int32_t *host, int64_t np) {
+    for (int64_t i = 0; i < np; i++) host[i] = (int32_t)i;
+    uint64_t s = 12345;
+    for (int64_t i = np - 1; i > 0; i--) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        int64_t j = (int64_t)((s >> 33) % (uint64_t)(i + 1));
+        int32_t x = host[i];
+        host[i] = host[j];
+        host[j] = x;
+    }
+}
+
+/* Prefill over a paged cache (SGLang's extend: flash_attn_with_kvcache with page_table), d 128,
+ * h 16, 16k tokens, causal, pages in a random order; q, k, v as in bench_prefill. */
+static void bench_prefill_paged(fa3c_context *ctx, cudaStream_t st, void *q, void *k, void *v, void *o) {
+    const int64_t total = 16384, h = 16, d = 128, sizes[3] = {1, 16, 64};
+    void *pt, *lens;
+    int32_t *host = malloc((size_t)total * 4);
+    CHECK_CUDA(cudaMalloc(&pt, (size_t)total * 4));
+    CHECK_CUDA(cudaMalloc(&lens, 64 * 4));
+    printf("kind,seqlen,batch,causal,page_size,d,time_us,tflops\n");
+    for (int64_t s = 4096; s <= 16384; s *= 4)
+        for (int pi = 0; pi < 3; pi++) {
+            int64_t b = total / s, ps = sizes[pi], np = total / ps;
+            int64_t qs[4] = {b, s, h, d}, ks[4] = {np, ps, h, d}, pts[2] = {b, s / ps}, ls[1] = {b};
+            random_pages(host, np);
+            CHECK_CUDA(cudaMemcpy(pt, host, (size_t)np * 4, cudaMemcpyHostToDevice));
+            for (int64_t i = 0; i < b; i++) host[i] = (int32_t)s;
+            CHECK_CUDA(cudaMemcpy(lens, host, (size_t)b * 4, cudaMemcpyHostToDevice));
+            fa3c_fwd_args a;
+            fa3c_fwd_args_init(&a);
+            a.q = dev_tensor(q, FA3C_DTYPE_BF16, 4, qs);
+            a.out = dev_tensor(o, FA3C_DTYPE_BF16, 4, qs);
+            a.k = dev_tensor(k, FA3C_DTYPE_BF16, 4, ks);
+            a.v = dev_tensor(v, FA3C_DTYPE_BF16, 4, ks);
+            a.page_table = dev_tensor(pt, FA3C_DTYPE_I32, 2, pts);
+            a.seqused_k = dev_tensor(lens, FA3C_DTYPE_I32, 1, ls);
+            a.is_causal = 1;
+            a.num_splits = 1;
+            float t = time_fwd(ctx, st, &a, 0, 1, 15);
+            double flops = 4.0 * b * h * (double)s * s * d / 2;
+            printf("prefill_paged,%lld,%lld,1,%lld,%lld,%.1f,%.1f\n", (long long)s, (long long)b, (long long)ps,
+                   (long long)d, t * 1e6, flops / t * 1e-12);
+            fflush(stdout);
+        }
+    free(host);
+    cudaFree(pt), cudaFree(lens);
+}
+
 static void bench_prefill(fa3c_context *ctx, cudaStream_t st, const void *rnd) {
     const int64_t total = 16384, hidden = 2048;
     size_t bytes = (size_t)total * hidden * 2;
@@ -184,6 +235,7 @@ static void bench_prefill(fa3c_context *ctx, cudaStream_t st, const void *rnd) {
                        (long long)d, t * 1e6, flops / t * 1e-12);
                 fflush(stdout);
             }
+    bench_prefill_paged(ctx, st, q, k, v, o);
     cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(lse);
 }
 
@@ -225,15 +277,7 @@ static void bench_decode(fa3c_context *ctx, cudaStream_t st, const void *rnd, do
                     a.v = dev_tensor(vc, FA3C_DTYPE_BF16, 4, ks);
                 } else { /* pages in a random order */
                     int64_t np = b * kv / ps, ks[4] = {np, ps, hk, d}, pts[2] = {b, kv / ps};
-                    for (int64_t i = 0; i < np; i++) host[i] = (int32_t)i;
-                    uint64_t s = 12345;
-                    for (int64_t i = np - 1; i > 0; i--) {
-                        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-                        int64_t j = (int64_t)((s >> 33) % (uint64_t)(i + 1));
-                        int32_t x = host[i];
-                        host[i] = host[j];
-                        host[j] = x;
-                    }
+                    random_pages(host, np);
                     CHECK_CUDA(cudaMemcpy(pt, host, (size_t)np * 4, cudaMemcpyHostToDevice));
                     a.k = dev_tensor(kc, FA3C_DTYPE_BF16, 4, ks);
                     a.v = dev_tensor(vc, FA3C_DTYPE_BF16, 4, ks);

@@ -151,6 +151,9 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         if (tid < ATTN_THREADS) attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
         return;
     }
+    // Paged bulk copies move whole boxes of a page: tiles start on a box boundary (the keys added
+    // before kmin are below every row's window, so they are masked).
+    if (tma.on && tma.paged_rows) kmin -= (sl.k_offset + kmin) & (tma.paged_rows - 1);
     const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
 
     if (tid == 0) {
@@ -199,33 +202,46 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             // A whole tile of contiguous rows: two (HD / 64) bulk tensor copies issued by one thread,
             // the others just arrive. The tail tile (rows past kmax) and paged tiles: cp.async,
             // zero-filling past kmax (the copy engine would read rows whose V may hold NaN).
+            // Bulk: runs of box rows (the whole tile, or one page run each when paged), lane r of
+            // warp 0 issuing run r after lane 0 announced the tile's bytes.
             const bool bulk = tma.on && k0 + BN <= kmax;
-            const int row = sl.k_offset + k0, batch = tma.varlen ? 0 : sl.k_batch;
-            const int c1 = tma.heads_first ? hk : row, c2 = tma.heads_first ? row : hk;
+            const int box = tma.paged_rows ? tma.paged_rows : BN, runs = BN / box;
             const uint32_t dK = sK + st * sm90_tile_bytes(BN, HD), dV = sV + st * sm90_tile_bytes(BN, DV);
+            int c1 = 0, c2 = 0, c3 = 0;
+            if (bulk && ptid < runs) { // box coordinates of run ptid
+                const int r = sl.k_offset + k0 + ptid * box;
+                c3 = tma.paged_rows ? pages[ptid * box] : tma.varlen ? 0 : sl.k_batch;
+                const int row = tma.paged_rows ? (p.page_shift >= 0 ? r & (p.page_size - 1) : r % p.page_size) : r;
+                c1 = tma.heads_first ? hk : row;
+                c2 = tma.heads_first ? row : hk;
+            }
             sm90_mbar_wait(empty_k + 8 * st, ph ^ 1);
             if (!bulk) {
                 sm90_load_kv<HD, BN>(p, sl, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, dK, ptid);
                 sm90_mbar_arrive_cp_async(full_k + 8 * st);
-            } else if (ptid == 0) {
-                sm90_mbar_arrive_tx(full_k + 8 * st, BN * HD * 2);
-#pragma unroll
-                for (int cb = 0; cb < HD / 64; cb++)
-                    sm90_tma_load_4d(dK + cb * BN * 128, &tma.k, cb * 64, c1, c2, batch, full_k + 8 * st);
             } else {
-                sm90_mbar_arrive(full_k + 8 * st);
+                if (ptid == 0) sm90_mbar_arrive_tx(full_k + 8 * st, BN * HD * 2);
+                else sm90_mbar_arrive(full_k + 8 * st);
+                __syncwarp();
+                if (ptid < runs)
+#pragma unroll
+                    for (int cb = 0; cb < HD / 64; cb++)
+                        sm90_tma_load_4d(dK + cb * BN * 128 + ptid * box * 128, &tma.k, cb * 64, c1, c2, c3,
+                                         full_k + 8 * st);
             }
             sm90_mbar_wait(empty_v + 8 * st, ph ^ 1);
             if (!bulk) {
                 sm90_load_kv<DV, BN>(p, sl, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, dV, ptid);
                 sm90_mbar_arrive_cp_async(full_v + 8 * st);
-            } else if (ptid == 0) {
-                sm90_mbar_arrive_tx(full_v + 8 * st, BN * DV * 2);
-#pragma unroll
-                for (int cb = 0; cb < DV / 64; cb++)
-                    sm90_tma_load_4d(dV + cb * BN * 128, &tma.v, cb * 64, c1, c2, batch, full_v + 8 * st);
             } else {
-                sm90_mbar_arrive(full_v + 8 * st);
+                if (ptid == 0) sm90_mbar_arrive_tx(full_v + 8 * st, BN * DV * 2);
+                else sm90_mbar_arrive(full_v + 8 * st);
+                __syncwarp();
+                if (ptid < runs)
+#pragma unroll
+                    for (int cb = 0; cb < DV / 64; cb++)
+                        sm90_tma_load_4d(dV + cb * BN * 128 + ptid * box * 128, &tma.v, cb * 64, c1, c2, c3,
+                                         full_v + 8 * st);
             }
         }
         cuda_cp_async_wait_all();

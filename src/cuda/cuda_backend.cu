@@ -270,11 +270,17 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         if (!rows_aligned(rows[i])) return NULL;
     // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the keys.
-    // More rows run the wgmma kernel where it exists (Hopper; d = dv = 64, 128 or 256; no q rotary).
+    // More rows run the wgmma kernel where it exists (Hopper; d = dv = 64, 128 or 256; no q rotary)
+    // unless its producer would gather every K/V tile with cp.async (a paged cache whose page size
+    // is not a power of two >= 16), which the mma.sync kernel does faster (H100, d 128, 4k causal:
+    // 174 vs 139 TFLOP/s at page size 1); with FA3C_CUDA_TMA=0 it gathers anyway (a test mode).
     int64_t g = p->h / p->h_k, rows_per_seq = p->s_q * (p->pack_gqa ? g : 1);
     const int bf16 = p->in_dtype == FA3C_DTYPE_BF16, decode = rows_per_seq <= 16;
+    const bool bulk_pages =
+        !p->paged || !st->tma_encode || (p->page_size >= 16 && !(p->page_size & (p->page_size - 1)));
     int32_t id = -1;
-    if (st->sm90 && !e4m3 && !decode && !p->has_rotary && dvb == hd) id = kernel_find((int)hd, (int)dvb, bf16, 0, 0, 1);
+    if (st->sm90 && !e4m3 && !decode && !p->has_rotary && dvb == hd && bulk_pages)
+        id = kernel_find((int)hd, (int)dvb, bf16, 0, 0, 1);
     if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, decode, 0);
     const cuda_attn_kernel *k = kernel_by_id(id);
     if (!k) return NULL;
@@ -536,15 +542,20 @@ static bool tma_map(const cuda_state *st, const fa3c_problem *p, const fa3c_tens
 
 static bool heads_inside_rows(const fa3c_tensor *t) { return t->stride[t->ndim - 2] <= t->stride[t->ndim - 3]; }
 
-// The wgmma kernel's tensor maps: K and V of a contiguous-row cache (a paged one is gathered), Q
-// when its tile is rows of one head (not packed GQA).
+// The wgmma kernel's tensor maps: K and V of a contiguous-row cache, or of a paged one whose
+// page_size is a power of two >= 16 (boxes of min(page_size, block_n) rows: the kernel aligns its
+// tiles to them and issues one copy per page run); Q when its tile is rows of one head (not
+// packed GQA).
 static void tma_maps(const cuda_state *st, const fa3c_problem *p, int block_m, int block_n, cuda_tma *tma) {
     const fa3c_fwd_args *a = p->args;
     if (!st->tma_encode) return;
+    const bool pow2 = p->page_size > 0 && (p->page_size & (p->page_size - 1)) == 0;
+    const int box = p->paged ? (int)(p->page_size < block_n ? p->page_size : block_n) : block_n;
     tma->varlen = p->varlen_k;
+    tma->paged_rows = p->paged ? box : 0;
     tma->heads_first = heads_inside_rows(&a->k) && heads_inside_rows(&a->v);
-    tma->on = !p->paged && tma_map(st, p, &a->k, block_n, tma->heads_first, &tma->k) &&
-              tma_map(st, p, &a->v, block_n, tma->heads_first, &tma->v);
+    tma->on = (!p->paged || (pow2 && p->page_size >= 16)) && tma_map(st, p, &a->k, box, tma->heads_first, &tma->k) &&
+              tma_map(st, p, &a->v, box, tma->heads_first, &tma->v);
     tma->q_varlen = p->varlen_q;
     tma->q_heads_first = heads_inside_rows(&a->q);
     tma->q_on = !p->pack_gqa && tma_map(st, p, &a->q, block_m, tma->q_heads_first, &tma->q);

@@ -341,14 +341,17 @@ __device__ __forceinline__ float cuda_descale(const float *t, int64_t sb, int64_
     return t ? t[(int64_t)bi * sb + (int64_t)hk * sh] : 1.0f;
 }
 
-// Tensor maps for the wgmma kernel's bulk tensor copies: K and V of a contiguous-row cache (not
-// paged) and Q (not packed GQA): dims (d, rows, heads, batches), or (d, heads, rows, batches) when
-// heads_first -- rows = s (batched) or total (varlen, batches 1) -- boxes of 64 columns x block_n
-// (K, V) or block_m (Q) rows in the 128-byte swizzle. on / q_on = 0: the kernel gathers those rows
-// with cp.async instead (paged cache, packed GQA, or strides the copy engine cannot describe).
+// Tensor maps for the wgmma kernel's bulk tensor copies: K and V (a contiguous-row cache, or a
+// paged one with a power-of-two page_size >= 16) and Q (not packed GQA): dims (d, rows, heads,
+// batches), or (d, heads, rows, batches) when heads_first -- rows = s (batched), total (varlen,
+// batches 1) or page_size (paged, batches = pages) -- boxes of 64 columns x box_rows (K, V:
+// block_n, or page_size when smaller) or block_m (Q) rows in the 128-byte swizzle. on / q_on = 0:
+// the kernel gathers those rows with cp.async instead (page size 1..8 or not a power of two,
+// packed GQA, or strides the copy engine cannot describe).
 typedef struct cuda_tma {
     CUtensorMap k, v, q;
     int32_t     on, varlen, heads_first;       // varlen: rows are packed tokens (batch coordinate 0)
+    int32_t     paged_rows;                    // paged: rows of one box (a tile is whole boxes); 0 else
     int32_t     q_on, q_varlen, q_heads_first;
 } cuda_tma;
 
