@@ -62,24 +62,6 @@ typedef struct runner {
     bool          dev;
 } runner;
 
-static void args_to_device(tu_arena *a, tu_arena *run, fa3c_fwd_args *x, const fa3c_context *ctx) {
-    fa3c_tensor *ts[] = {&x->q, &x->k, &x->v, &x->k_new, &x->v_new, &x->qv, &x->out, &x->softmax_lse,
-                         &x->out_accum, &x->lse_accum, &x->cu_seqlens_q, &x->cu_seqlens_k, &x->cu_seqlens_k_new,
-                         &x->seqused_q, &x->seqused_k, &x->page_table, &x->kv_batch_idx, &x->leftpad_k,
-                         &x->rotary_cos, &x->rotary_sin, &x->seqlens_rotary, &x->q_descale, &x->k_descale,
-                         &x->v_descale, &x->scheduler_metadata, &x->sinks};
-    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
-        if (fa3c_present(ts[i])) *ts[i] = tu_on_device(tu_arena_find(a, ts[i]->data) ? a : run, ts[i], ctx);
-}
-
-static int buf_copy(fa3c_context *ctx, tu_buf *b, fa3c_copy_kind kind) {
-    if (!b || !b->dev) return 0;
-    size_t n = b->bytes + 2 * TU_GUARD;
-    fa3c_status st = kind == FA3C_COPY_HOST_TO_DEVICE ? fa3c_device_copy(ctx, b->dev, b->base, n, kind)
-                                                      : fa3c_device_copy(ctx, b->base, b->dev, n, kind);
-    return st == FA3C_OK ? 0 : -1;
-}
-
 /* Builds case c for ctx (device twins made there). 0 or -1 (message in msg). */
 static int runner_init(runner *r, const tu_case *c, fa3c_context *ctx, char *msg, size_t mn) {
     memset(r, 0, sizeof *r);
@@ -96,7 +78,7 @@ static int runner_init(runner *r, const tu_case *c, fa3c_context *ctx, char *msg
         snprintf(msg, mn, "copy to device: %s", fa3c_last_error());
         return -1;
     }
-    if (r->dev) args_to_device(&p->arena, &r->run, &r->a, ctx);
+    if (r->dev) tu_args_to_device(&p->arena, &r->run, &r->a, ctx);
     fa3c_fwd_info info;
     if (fa3c_fwd_query(ctx, &r->a, &info) != FA3C_OK) {
         snprintf(msg, mn, "fwd_query: %s", fa3c_last_error());
@@ -153,7 +135,7 @@ static int runner_run(runner *r, char *msg, size_t mn) {
     for (int i = 0; i < 4; i++) {
         if (!r->outs[i]) continue;
         memset(r->outs[i]->base + TU_GUARD, TU_FILL_OUT, r->outs[i]->bytes);
-        if (r->dev && buf_copy(r->ctx, r->outs[i], FA3C_COPY_HOST_TO_DEVICE) != 0) {
+        if (r->dev && tu_buf_copy(r->ctx, r->outs[i], FA3C_COPY_HOST_TO_DEVICE) != 0) {
             snprintf(msg, mn, "copy to device: %s", fa3c_last_error());
             return -1;
         }
@@ -171,7 +153,7 @@ static int runner_run(runner *r, char *msg, size_t mn) {
     tu_buf *w[6];
     int n = runner_written(r, w);
     for (int i = 0; i < n; i++)
-        if (r->dev && buf_copy(r->ctx, w[i], FA3C_COPY_DEVICE_TO_HOST) != 0) {
+        if (r->dev && tu_buf_copy(r->ctx, w[i], FA3C_COPY_DEVICE_TO_HOST) != 0) {
             snprintf(msg, mn, "copy from device: %s", fa3c_last_error());
             return -1;
         }

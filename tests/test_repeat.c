@@ -31,25 +31,6 @@ static int env_int(const char *name, int def) {
     return s && atoi(s) > 0 ? atoi(s) : def;
 }
 
-/* Every tensor of x moved to its device twin (owner arena a, or run for the partials). */
-static void args_to_device(tu_arena *a, tu_arena *run, fa3c_fwd_args *x, const fa3c_context *ctx) {
-    fa3c_tensor *ts[] = {&x->q, &x->k, &x->v, &x->k_new, &x->v_new, &x->qv, &x->out, &x->softmax_lse,
-                         &x->out_accum, &x->lse_accum, &x->cu_seqlens_q, &x->cu_seqlens_k, &x->cu_seqlens_k_new,
-                         &x->seqused_q, &x->seqused_k, &x->page_table, &x->kv_batch_idx, &x->leftpad_k,
-                         &x->rotary_cos, &x->rotary_sin, &x->seqlens_rotary, &x->q_descale, &x->k_descale,
-                         &x->v_descale, &x->scheduler_metadata, &x->sinks};
-    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
-        if (fa3c_present(ts[i])) *ts[i] = tu_on_device(tu_arena_find(a, ts[i]->data) ? a : run, ts[i], ctx);
-}
-
-static int buf_copy(fa3c_context *ctx, tu_buf *b, fa3c_copy_kind kind) {
-    if (!b->dev) return 0;
-    size_t n = b->bytes + 2 * TU_GUARD;
-    fa3c_status st = kind == FA3C_COPY_HOST_TO_DEVICE ? fa3c_device_copy(ctx, b->dev, b->base, n, kind)
-                                                      : fa3c_device_copy(ctx, b->base, b->dev, n, kind);
-    return st == FA3C_OK ? 0 : -1;
-}
-
 /*
  * Runs p's forward n times on ctx; 0 when every run left the same bytes in every buffer the
  * forward writes. *ms: mean milliseconds per forward (host-measured, copies excluded).
@@ -65,7 +46,7 @@ static int repeat_case(fa3c_context *ctx, tu_prepared *p, int n, double *ms, cha
             snprintf(msg, mn, "copy to device: %s", fa3c_last_error());
             return 1;
         }
-        args_to_device(&p->arena, &run, &a, ctx);
+        tu_args_to_device(&p->arena, &run, &a, ctx);
     }
     fa3c_fwd_info info;
     if (fa3c_fwd_query(ctx, &a, &info) != FA3C_OK) {
@@ -108,7 +89,7 @@ static int repeat_case(fa3c_context *ctx, tu_prepared *p, int n, double *ms, cha
         for (int i = 0; i < 4 && !bad; i++) {
             if (!outs[i]) continue;
             memset(outs[i]->base + TU_GUARD, TU_FILL_OUT, outs[i]->bytes);
-            if (dev && buf_copy(ctx, outs[i], FA3C_COPY_HOST_TO_DEVICE) != 0) {
+            if (dev && tu_buf_copy(ctx, outs[i], FA3C_COPY_HOST_TO_DEVICE) != 0) {
                 snprintf(msg, mn, "copy to device: %s", fa3c_last_error());
                 bad = 1;
             }
@@ -126,7 +107,7 @@ static int repeat_case(fa3c_context *ctx, tu_prepared *p, int n, double *ms, cha
         for (int i = 0; i < 6 && !bad; i++) {
             tu_buf *b = all[i];
             if (!b) continue;
-            if (dev && buf_copy(ctx, b, FA3C_COPY_DEVICE_TO_HOST) != 0) {
+            if (dev && tu_buf_copy(ctx, b, FA3C_COPY_DEVICE_TO_HOST) != 0) {
                 snprintf(msg, mn, "copy from device: %s", fa3c_last_error());
                 bad = 1;
                 break;

@@ -791,7 +791,15 @@ static bool tu_check_values(const tu_prepared *p, tu_rule rule, tu_report *rep) 
     return true;
 }
 
-static void tu_args_to_device(tu_arena *a, tu_arena *run, fa3c_fwd_args *x, const fa3c_context *ctx) {
+int tu_buf_copy(fa3c_context *ctx, tu_buf *b, fa3c_copy_kind kind) {
+    if (!b || !b->dev) return 0;
+    size_t n = b->bytes + 2 * TU_GUARD;
+    fa3c_status st = kind == FA3C_COPY_HOST_TO_DEVICE ? fa3c_device_copy(ctx, b->dev, b->base, n, kind)
+                                                      : fa3c_device_copy(ctx, b->base, b->dev, n, kind);
+    return st == FA3C_OK ? 0 : -1;
+}
+
+void tu_args_to_device(tu_arena *a, tu_arena *run, fa3c_fwd_args *x, const fa3c_context *ctx) {
     fa3c_tensor *ts[] = {&x->q, &x->k, &x->v, &x->k_new, &x->v_new, &x->qv, &x->out, &x->softmax_lse,
                          &x->out_accum, &x->lse_accum, &x->cu_seqlens_q, &x->cu_seqlens_k, &x->cu_seqlens_k_new,
                          &x->seqused_q, &x->seqused_k, &x->page_table, &x->kv_batch_idx, &x->leftpad_k,

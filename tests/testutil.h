@@ -169,6 +169,10 @@ int  tu_arena_to_device(tu_arena *a, fa3c_context *ctx);
 int  tu_arena_from_device(tu_arena *a, fa3c_context *ctx);
 /* t with its data pointer moved into a's device twin (device_type CUDA); t itself on CPU. */
 fa3c_tensor tu_on_device(tu_arena *a, const fa3c_tensor *t, const fa3c_context *ctx);
+/* Every present tensor of x moved to its device twin (owner arena a, else run: the partials). */
+void tu_args_to_device(tu_arena *a, tu_arena *run, fa3c_fwd_args *x, const fa3c_context *ctx);
+/* One buffer (guards included) to or from its device twin; 0 when b is NULL or has none. */
+int  tu_buf_copy(fa3c_context *ctx, tu_buf *b, fa3c_copy_kind kind);
 
 /* Double-precision combine of S partials (FA3 attention_combine_ref): lse_s (S,), out_s (S, dv)
  * dense. Over parts with finite lse: lse = log sum exp(lse_s), out = sum exp(lse_s - lse) out_s;
