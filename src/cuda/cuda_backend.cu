@@ -831,8 +831,8 @@ static fa3c_status cuda_merge_state(fa3c_context *ctx, const fa3c_tensor *out_a,
 
 extern "C" const fa3c_backend fa3c_backend_cuda = {
     "cuda",
-    "NVIDIA GPUs (sm_80+): wgmma (sm_90) and mma.sync tensor-core attention (SIMT fallback for e4m3, qv, other head dims), paged KV, "
-    "split-KV with combine",
+    "NVIDIA GPUs (sm_80+): wgmma + TMA (sm_90) and mma.sync tensor-core attention, fp16/bf16/e4m3 (SIMT fallback "
+    "for qv and other head dims), paged KV, split-KV with combine",
     FA3C_DEVICE_CUDA,
     cuda_available,
     cuda_context_init,
