@@ -29,6 +29,7 @@ from ._context import default_context
 from ._lib import DType
 
 __all__ = [
+    "flash_attn_qkvpacked_func",
     "flash_attn_func",
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
@@ -178,6 +179,48 @@ def flash_attn_func(
         max_seqlen_q=None, max_seqlen_k=None, out=out, want_accum=False, context=context,
     )
     return (out, lse) if return_attn_probs else out
+
+
+def flash_attn_qkvpacked_func(
+    qkv,
+    softmax_scale=None,
+    causal=False,
+    q_descale=None, k_descale=None, v_descale=None,
+    window_size=(-1, -1),
+    attention_chunk=0,
+    softcap=0.0,
+    deterministic=False,
+    num_heads_q=None,
+    sm_margin=0,
+    return_attn_probs=False,
+    context=None,
+):
+    """Batched attention on packed q, k, v: qkv (b, s, 3, h, d), or (b, s, h + 2 h_k, d) with
+    num_heads_q = h (GQA: q heads, then k heads, then v heads). The three are views of qkv, as in
+    FA3; the rest is flash_attn_func. Returns out (b, s, h, d), or (out, lse (b, h, s)) when
+    return_attn_probs."""
+    def bad(msg):
+        return _lib.Fa3cError(_lib.Status.INVALID_ARGUMENT, "qkv: " + msg)
+
+    shape = tuple(qkv.shape)
+    if len(shape) == 5:
+        if shape[2] != 3:
+            raise bad(f"expected (b, s, 3, h, d), got shape {shape}")
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    elif len(shape) == 4:
+        if num_heads_q is None:
+            raise bad("a 4-D qkv (b, s, h + 2 h_k, d) needs num_heads_q")
+        hq = int(num_heads_q)
+        hk = (shape[2] - hq) // 2
+        if hq <= 0 or hk <= 0 or hq + 2 * hk != shape[2]:
+            raise bad(f"{shape[2]} heads are not num_heads_q = {hq} plus twice the kv heads")
+        q, k, v = qkv[:, :, :hq], qkv[:, :, hq:hq + hk], qkv[:, :, hq + hk:]
+    else:
+        raise bad(f"expected 5 or 4 dimensions, got shape {shape}")
+    return flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal, q_descale=q_descale,
+                           k_descale=k_descale, v_descale=v_descale, window_size=window_size,
+                           attention_chunk=attention_chunk, softcap=softcap, deterministic=deterministic,
+                           sm_margin=sm_margin, return_attn_probs=return_attn_probs, context=context)
 
 
 def flash_attn_varlen_func(

@@ -12,6 +12,11 @@ from ref_numpy import BF16, rand
 
 _ = None  # "no default": a required positional argument
 FA3 = {
+    "flash_attn_qkvpacked_func": [
+        ("qkv", _), ("softmax_scale", None), ("causal", False), ("q_descale", None), ("k_descale", None),
+        ("v_descale", None), ("window_size", (-1, -1)), ("attention_chunk", 0), ("softcap", 0.0),
+        ("deterministic", False), ("num_heads_q", None), ("sm_margin", 0), ("return_attn_probs", False),
+    ],
     "flash_attn_func": [
         ("q", _), ("k", _), ("v", _), ("softmax_scale", None), ("causal", False), ("qv", None),
         ("q_descale", None), ("k_descale", None), ("v_descale", None), ("window_size", (-1, -1)),

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("ml_dtypes")
 
-from fa3c.flash_attn_interface import flash_attn_func  # noqa: E402
+from fa3c.flash_attn_interface import flash_attn_func, flash_attn_qkvpacked_func  # noqa: E402
 from ref_numpy import BF16, E4M3, F16, assert_lse, assert_out_ulp, attention_ref, rand  # noqa: E402
 
 DTYPES = {"bf16": BF16, "fp16": F16}
@@ -138,3 +138,23 @@ def test_func_returns_and_defaults(rng):
     given = np.zeros((b, s, h, d), dtype=BF16)
     res = flash_attn_func(q, k, v, out=given, deterministic=True)
     assert res is given and np.array_equal(given.view(np.uint16), out.view(np.uint16))
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_qkvpacked(rng, gqa):
+    """FA3's packed entry point: q, k, v as views of one (b, s, 3, h, d) array, or of (b, s, h + 2 h_k, d)
+    with num_heads_q; the same answer as flash_attn_func on the three views."""
+    b, s, h, hk, d = 2, 37, 4, (2 if gqa else 4), 64
+    if gqa:
+        qkv = rand(rng, (b, s, h + 2 * hk, d), BF16)
+        q, k, v = qkv[:, :, :h], qkv[:, :, h:h + hk], qkv[:, :, h + hk:]
+        out, lse = flash_attn_qkvpacked_func(qkv, causal=True, num_heads_q=h, return_attn_probs=True)
+    else:
+        qkv = rand(rng, (b, s, 3, h, d), BF16)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out, lse = flash_attn_qkvpacked_func(qkv, causal=True, return_attn_probs=True)
+    check(q, k, v, out, lse, causal=True)
+    ref = flash_attn_func(q, k, v, causal=True)
+    assert np.array_equal(np.asarray(out).view(np.uint16), np.asarray(ref).view(np.uint16))
+    with pytest.raises(Exception, match="num_heads_q"):
+        flash_attn_qkvpacked_func(rand(rng, (b, s, h + 2 * hk, d), BF16))
