@@ -1,6 +1,8 @@
 // The attention forward on tensor cores (mma.sync m16n8k16, sm_80+), instantiated per head-dim
-// bucket, dtype and row shape in cuda_attn_d*.cu. Everything else is a run-time flag: masks,
-// softcap, sinks, paging, varlen, pack-GQA, splits, q rotary.
+// bucket, dtype (bf16, fp16, e4m3 on tiles converted to fp16) and row shape in cuda_attn_d*.cu and
+// cuda_attn_e4m3.cu. Everything else is a run-time flag: masks, softcap, sinks, paging, varlen,
+// pack-GQA, splits, q rotary (16-bit inputs). On Hopper the wgmma kernel (cuda_attn_sm90.cu) takes
+// the prefill-shaped 16-bit calls and shares this file's key-range, softmax and store helpers.
 //
 // One CTA = 4 warps on the query rows of one (sequence, head -- kv head when packed -- split slot).
 // Two row shapes (template MT, WSPLIT):

@@ -4,8 +4,9 @@
 //   no keys at all (total_k + total_new == 0)     -> fill out 0, lse +inf
 //   otherwise: append (k_new) -> split counts (exact splits of a varlen call without metadata)
 //              -> attention -> combine (W > 1 slots, unless the decode kernel combines itself)
-//   attention: a tensor-core kernel, or the SIMT fallback ("simple": e4m3, qv, other head dims,
-//   unaligned rows), which always uses FA3's exact split partition.
+//   attention: a tensor-core kernel (wgmma on Hopper for prefill-shaped 16-bit calls, else
+//   mma.sync), or the SIMT fallback ("simple": qv, e4m3 with rotary or other head dims, other
+//   head dims, unaligned rows), which always uses FA3's exact split partition.
 // A forward can be captured into a CUDA graph: it allocates and synchronises nothing once the
 // context's workspace is large enough (an earlier forward outside capture sized it), and checks
 // scheduler_metadata on the device instead of on the host (include/fa3c.h, fa3c_fwd).
