@@ -704,7 +704,8 @@ static void perturb(reader *r, built *bt, fa3c_fwd_args *sc) {
                 int32_t *copy = storage[target % T_COUNT];
                 if (t->vals != copy) memcpy(copy, t->vals, (size_t)n * 4);
                 static const int32_t special[8] = {-1, 0, 1, INT32_MAX, INT32_MIN, 1000, -1000, 3};
-                copy[a % n] = b < 128 ? special[b % 8] : copy[a % n] + (int8_t)b % 8;
+                /* the nudge wraps (unsigned) instead of overflowing at INT32_MIN / INT32_MAX */
+                copy[a % n] = b < 128 ? special[b % 8] : (int32_t)((uint32_t)copy[a % n] + (uint32_t)((int8_t)b % 8));
                 t->vals = copy;
             }
         }
