@@ -1,6 +1,6 @@
 /*
- * Unit tests of the pure decisions: FA3's SM90 tile table, the split heuristic, GQA packing,
- * window normalisation, and the scheduler metadata (layout, FA3's prepare vectors computed by
+ * Unit tests of the pure decisions: the work-item owner map, FA3's SM90 tile table, the split
+ * heuristic, GQA packing, window normalisation, and the scheduler metadata (layout, FA3's prepare vectors computed by
  * hand, the signature check naming each differing argument), ending with a forward through the
  * public API given metadata for its own call and for another call.
  *
@@ -689,7 +689,20 @@ static void forward_with_metadata(void) {
     check(ok, "fwd with metadata of another head count fails naming num_heads_q");
 }
 
+/* ----------------------------------------------------------------------------------------- */
+/* Work-item owners (the CPU backends' item -> sequence map) */
+
+static void item_owners(void) {
+    const int64_t start[] = {0, 0, 3, 3, 4}; /* owners 0 and 2 have no items */
+    check(fa3c_item_owner(start, 5, 0) == 1, "item owner: item 0 skips the empty owner 0");
+    check(fa3c_item_owner(start, 5, 2) == 1, "item owner: item 2 is owner 1's last");
+    check(fa3c_item_owner(start, 5, 3) == 3, "item owner: item 3 skips the empty owner 2");
+    check(fa3c_item_owner(start, 5, 4) == 4 && fa3c_item_owner(start, 5, 9) == 4, "item owner: the last owner's items");
+    check(fa3c_item_owner(start, 1, 5) == 0, "item owner: one owner");
+}
+
 int main(void) {
+    item_owners();
     tiles();
     splits();
     heuristic_inputs();

@@ -71,6 +71,10 @@ int         fa3c_threadpool_size(const fa3c_threadpool *pool);
 void        fa3c_threadpool_run(fa3c_threadpool *pool, int64_t n, fa3c_task_fn fn, void *arg);
 /* Cores this process may run on (sched_getaffinity), at least 1. */
 int fa3c_available_cores(void);
+/* Work items numbered owner by owner: start (n,) non-decreasing, start[0] = 0, owner i has items
+ * start[i] .. start[i + 1] - 1. The owner of item: the last i with start[i] <= item (owners
+ * without items are skipped). Example: start {0, 0, 3}, item 0 -> 1; item 3 -> 2. */
+int64_t fa3c_item_owner(const int64_t *start, int64_t n, int64_t item);
 
 /* ----------------------------------------------------------------------------------------- */
 /* The validated problem (validate.c) */

@@ -138,3 +138,13 @@ int fa3c_available_cores(void) {
     }
     return 1;
 }
+
+int64_t fa3c_item_owner(const int64_t *start, int64_t n, int64_t item) {
+    int64_t lo = 0, hi = n; /* start[lo] <= item < start[hi] (start[n] read as +infinity) */
+    while (hi - lo > 1) {
+        int64_t mid = (lo + hi) / 2;
+        if (start[mid] <= item) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}

@@ -158,12 +158,7 @@ static void attention_item(void *arg, int64_t item, int thread) {
     const fa3c_fwd_args *a = p->args;
     const cpu_kernels *k = job->k;
 
-    int64_t bi = 0, end = p->b;
-    while (end - bi > 1) {
-        int64_t mid = (bi + end) / 2;
-        if (job->item_start[mid] <= item) bi = mid;
-        else end = mid;
-    }
+    const int64_t bi = fa3c_item_owner(job->item_start, p->b, item);
     const fa3c_seqlens *sl = &job->sl[bi];
     int64_t ns = job->nsplit[bi], local = item - job->item_start[bi];
     int64_t n_qt = (sl->seqlen_q + job->mt - 1) / job->mt;
@@ -317,12 +312,7 @@ static void combine_item(void *arg, int64_t item, int thread) {
     const attn_job *job = arg;
     const fa3c_problem *p = job->p;
     const fa3c_fwd_args *a = p->args;
-    int64_t bi = 0, end = p->b;
-    while (end - bi > 1) {
-        int64_t mid = (bi + end) / 2;
-        if (job->item_start[mid] <= item) bi = mid;
-        else end = mid;
-    }
+    const int64_t bi = fa3c_item_owner(job->item_start, p->b, item);
     const fa3c_seqlens *sl = &job->sl[bi];
     int64_t ns = job->nsplit[bi], i0 = (item - job->item_start[bi]) * COMBINE_ROWS;
     int64_t i1 = i0 + COMBINE_ROWS < sl->seqlen_q ? i0 + COMBINE_ROWS : sl->seqlen_q;

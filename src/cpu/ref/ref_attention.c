@@ -173,12 +173,7 @@ static void attention_item(void *arg, int64_t item, int thread) {
     const attn_job *job = arg;
     const fa3c_problem *p = job->p;
 
-    int64_t bi = 0, end = p->b; /* the last sequence whose first item is <= item */
-    while (end - bi > 1) {
-        int64_t mid = (bi + end) / 2;
-        if (job->item_start[mid] <= item) bi = mid;
-        else end = mid;
-    }
+    const int64_t bi = fa3c_item_owner(job->item_start, p->b, item);
     const fa3c_seqlens *sl = &job->sl[bi];
     int64_t blocks = (sl->seqlen_q + ROWS_PER_ITEM - 1) / ROWS_PER_ITEM;
     int64_t hq = (item - job->item_start[bi]) / blocks, block = (item - job->item_start[bi]) % blocks;
