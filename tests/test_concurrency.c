@@ -86,17 +86,7 @@ static int runner_init(runner *r, const tu_case *c, fa3c_context *ctx, char *msg
     }
     fa3c_tensor oacc = {0}, lacc = {0};
     if (c->out_accum && info.num_splits > 1) {
-        const naive_result *n = &p->exact;
-        int64_t S = info.num_splits;
-        if (n->varlen_q) {
-            int64_t so[4] = {S, n->h, n->rows, n->dv}, sl[3] = {S, n->h, n->rows};
-            oacc = tu_tensor(&r->run, FA3C_DTYPE_F32, 4, so, 0);
-            lacc = tu_tensor(&r->run, FA3C_DTYPE_F32, 3, sl, 0);
-        } else {
-            int64_t so[5] = {S, n->b, n->h, n->s_q, n->dv}, sl[4] = {S, n->b, n->h, n->s_q};
-            oacc = tu_tensor(&r->run, FA3C_DTYPE_F32, 5, so, 0);
-            lacc = tu_tensor(&r->run, FA3C_DTYPE_F32, 4, sl, 0);
-        }
+        tu_accum_tensors(&r->run, &p->exact, info.num_splits, &oacc, &lacc);
         if (r->dev && tu_arena_to_device(&r->run, ctx) != 0) {
             snprintf(msg, mn, "copy to device: %s", fa3c_last_error());
             return -1;

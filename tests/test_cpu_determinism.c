@@ -38,17 +38,7 @@ static int check_case(fa3c_context *ctx, tu_prepared *p, char *msg, size_t msg_l
         return 1;
     }
     if (p->c.out_accum && info.num_splits > 1) {
-        const naive_result *n = &p->exact;
-        int64_t S = info.num_splits;
-        if (n->varlen_q) {
-            int64_t so[4] = {S, n->h, n->rows, n->dv}, sl[3] = {S, n->h, n->rows};
-            a.out_accum = tu_tensor(&acc, FA3C_DTYPE_F32, 4, so, 0);
-            a.lse_accum = tu_tensor(&acc, FA3C_DTYPE_F32, 3, sl, 0);
-        } else {
-            int64_t so[5] = {S, n->b, n->h, n->s_q, n->dv}, sl[4] = {S, n->b, n->h, n->s_q};
-            a.out_accum = tu_tensor(&acc, FA3C_DTYPE_F32, 5, so, 0);
-            a.lse_accum = tu_tensor(&acc, FA3C_DTYPE_F32, 4, sl, 0);
-        }
+        tu_accum_tensors(&acc, &p->exact, info.num_splits, &a.out_accum, &a.lse_accum);
     }
     outputs o = {0};
     add_output(&o, &p->arena, &a.out);

@@ -55,17 +55,7 @@ static int repeat_case(fa3c_context *ctx, tu_prepared *p, int n, double *ms, cha
     }
     fa3c_tensor oacc = {0}, lacc = {0};
     if (p->c.out_accum && info.num_splits > 1) {
-        const naive_result *r = &p->exact;
-        int64_t S = info.num_splits;
-        if (r->varlen_q) {
-            int64_t so[4] = {S, r->h, r->rows, r->dv}, sl[3] = {S, r->h, r->rows};
-            oacc = tu_tensor(&run, FA3C_DTYPE_F32, 4, so, 0);
-            lacc = tu_tensor(&run, FA3C_DTYPE_F32, 3, sl, 0);
-        } else {
-            int64_t so[5] = {S, r->b, r->h, r->s_q, r->dv}, sl[4] = {S, r->b, r->h, r->s_q};
-            oacc = tu_tensor(&run, FA3C_DTYPE_F32, 5, so, 0);
-            lacc = tu_tensor(&run, FA3C_DTYPE_F32, 4, sl, 0);
-        }
+        tu_accum_tensors(&run, &p->exact, info.num_splits, &oacc, &lacc);
         if (dev && tu_arena_to_device(&run, ctx) != 0) {
             snprintf(msg, mn, "copy to device: %s", fa3c_last_error());
             tu_arena_free(&run);

@@ -791,6 +791,18 @@ static bool tu_check_values(const tu_prepared *p, tu_rule rule, tu_report *rep) 
     return true;
 }
 
+void tu_accum_tensors(tu_arena *arena, const naive_result *n, int64_t S, fa3c_tensor *out, fa3c_tensor *lse) {
+    if (n->varlen_q) {
+        int64_t so[4] = {S, n->h, n->rows, n->dv}, sl[3] = {S, n->h, n->rows};
+        *out = tu_tensor(arena, FA3C_DTYPE_F32, 4, so, 0);
+        *lse = tu_tensor(arena, FA3C_DTYPE_F32, 3, sl, 0);
+    } else {
+        int64_t so[5] = {S, n->b, n->h, n->s_q, n->dv}, sl[4] = {S, n->b, n->h, n->s_q};
+        *out = tu_tensor(arena, FA3C_DTYPE_F32, 5, so, 0);
+        *lse = tu_tensor(arena, FA3C_DTYPE_F32, 4, sl, 0);
+    }
+}
+
 int tu_buf_copy(fa3c_context *ctx, tu_buf *b, fa3c_copy_kind kind) {
     if (!b || !b->dev) return 0;
     size_t n = b->bytes + 2 * TU_GUARD;
@@ -888,17 +900,8 @@ tu_verdict tu_run(fa3c_context *ctx, tu_prepared *p, tu_rule rule, tu_report *re
     if (fa3c_problem_init(ctx, &ad, &prob) == FA3C_OK) ctx->backend->select(ctx, &prob, &choice);
     rep->kernel = choice.name;
     if (p->c.out_accum && info.num_splits > 1) {
-        const naive_result *n = &p->exact;
         int64_t S = info.num_splits;
-        if (n->varlen_q) {
-            int64_t so[4] = {S, n->h, n->rows, n->dv}, sl[3] = {S, n->h, n->rows};
-            acc.out = tu_tensor(&run, FA3C_DTYPE_F32, 4, so, 0);
-            acc.lse = tu_tensor(&run, FA3C_DTYPE_F32, 3, sl, 0);
-        } else {
-            int64_t so[5] = {S, n->b, n->h, n->s_q, n->dv}, sl[4] = {S, n->b, n->h, n->s_q};
-            acc.out = tu_tensor(&run, FA3C_DTYPE_F32, 5, so, 0);
-            acc.lse = tu_tensor(&run, FA3C_DTYPE_F32, 4, sl, 0);
-        }
+        tu_accum_tensors(&run, &p->exact, S, &acc.out, &acc.lse);
         acc.S = (int32_t)S;
     }
     fa3c_scheduler_args sd; /* the metadata needs cache_seqlens (seqused_k) */

@@ -171,6 +171,9 @@ int  tu_arena_from_device(tu_arena *a, fa3c_context *ctx);
 fa3c_tensor tu_on_device(tu_arena *a, const fa3c_tensor *t, const fa3c_context *ctx);
 /* Every present tensor of x moved to its device twin (owner arena a, else run: the partials). */
 void tu_args_to_device(tu_arena *a, tu_arena *run, fa3c_fwd_args *x, const fa3c_context *ctx);
+/* FA3's split partials of the case n for S splits, in arena: out_accum (S, b, h, s_q, dv) / (S, h,
+ * total_q, dv) and lse_accum (S, b, h, s_q) / (S, h, total_q), fp32. */
+void tu_accum_tensors(tu_arena *arena, const naive_result *n, int64_t S, fa3c_tensor *out, fa3c_tensor *lse);
 /* One buffer (guards included) to or from its device twin; 0 when b is NULL or has none. */
 int  tu_buf_copy(fa3c_context *ctx, tu_buf *b, fa3c_copy_kind kind);
 
