@@ -6,9 +6,10 @@
  * double-precision reference, plus canaries around every buffer, rows that must stay untouched,
  * unchanged inputs, the appended cache and, with out_accum, the partials (testutil.h).
  * A case counts as failed when the cuda backend reports UNSUPPORTED: the cases outside the
- * tensor-core kernels (qv, d <= 64 with dv != d, e4m3 with rotary or other head dims) run on its
- * SIMT fallback ("simple"). Each case's kernel is printed; on compute capability 9.x some cases
- * must have run the wgmma kernel, and everywhere some e4m3 cases the tensor-core kernels.
+ * tensor-core kernels (qv off Hopper, d <= 64 with dv != d, e4m3 with rotary or other head dims)
+ * run on its SIMT fallback ("simple"). Each case's kernel is printed; on compute capability 9.x
+ * some cases must have run the (non-MLA) wgmma kernel and some MLA cases (qv) the wgmma MLA kernel
+ * ("_mla"), and everywhere some e4m3 cases the tensor-core kernels.
  * Then a decode step captured into a CUDA graph and replayed with new lengths (graph_decode), in
  * each split mode of the backend ($FA3C_CUDA_SPLIT exact and fill).
  * Without a CUDA device: "test_cuda: 0 passed, 0 failed, N skipped" and exit 0.
@@ -54,6 +55,13 @@ static tu_case *add(case_list *l, tu_mode mode, fa3c_dtype dt, int64_t b, int64_
     c->dtype = dt;
     c->b = b, c->s_q = s_q, c->s_k = s_k, c->h = h, c->h_k = h_k, c->d = c->dv = d;
     c->seed = 1000u + (uint64_t)l->n;
+    return c;
+}
+
+/* MLA absorbed attention (DeepSeek through FA3): qv, d 64, dv 512, one kv head, heuristic splits. */
+static tu_case *add_mla(case_list *l, tu_mode mode, fa3c_dtype dt, int64_t b, int64_t s_q, int64_t s_k, int64_t h) {
+    tu_case *c = add(l, mode, dt, b, s_q, s_k, h, 1, 64);
+    c->dv = 512, c->qv = true, c->num_splits = 0;
     return c;
 }
 
@@ -155,6 +163,37 @@ static void build(case_list *l) {
     c->num_splits = 0, c->pad = true;
     c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 6, 1, 2000, 8, 1, 64), c->descale = true, c->page_size = 1,
     c->leftpad = false, c->num_splits = 0, c->pack_gqa = 1;
+
+    /* MLA absorbed attention as DeepSeek is served through FA3 (qv, d 64, dv 512, one kv head, 16 / 64
+     * / 128 q heads; the wgmma MLA kernel on Hopper): decode and speculative verify (s_q 1, 2, 4, 8)
+     * over paged caches (page sizes 1, 16, 64) and contiguous ones, cache_seqlens short (1..100) and
+     * long (up to 3000), splits 0 / 1 / 3, packing on and off, causal and not, varlen q, append,
+     * window, softcap, sinks; a prefill-like s_q 70; dv 256 and d 32 (qv's other legal dims). */
+    c = add_mla(l, TU_KVCACHE, BF, 1, 1, 3000, 128), c->page_size = 64;
+    c = add_mla(l, TU_KVCACHE, F16, 3, 1, 100, 128), c->page_size = 1, c->causal = true;
+    c = add_mla(l, TU_KVCACHE, BF, 2, 2, 1000, 128), c->page_size = 16, c->causal = true, c->num_splits = 3,
+    c->out_accum = true;
+    c = add_mla(l, TU_KVCACHE, BF, 2, 4, 700, 128), c->page_size = 64, c->causal = true, c->num_splits = 1;
+    c = add_mla(l, TU_KVCACHE, F16, 1, 8, 600, 128), c->page_size = 1, c->causal = true;
+    c = add_mla(l, TU_KVCACHE, BF, 3, 8, 6, 64), c->causal = true; /* cache_seqlens < s_q: rows with no key */
+    c = add_mla(l, TU_KVCACHE, F16, 2, 2, 2000, 16), c->page_size = 64, c->num_splits = 3;
+    c = add_mla(l, TU_KVCACHE, BF, 3, 1, 1200, 64), c->page_size = 16, c->sched_meta = true;
+    for (int pg = 0; pg <= 1; pg++) {
+        c = add_mla(l, TU_KVCACHE, BF, 2, 4, 1000, 64), c->page_size = 64, c->causal = true, c->pack_gqa = pg;
+        c = add_mla(l, TU_KVCACHE, F16, 2, 2, 300, 16), c->page_size = 1, c->num_splits = 3, c->pack_gqa = pg;
+    }
+    c = add_mla(l, TU_KVCACHE, BF, 4, 2, 800, 64), c->page_size = 64, c->varlen_q = true, c->causal = true;
+    c = add_mla(l, TU_KVCACHE, BF, 3, 2, 900, 64), c->page_size = 64, c->s_new = 2, c->causal = true;
+    c = add_mla(l, TU_KVCACHE, BF, 2, 1, 600, 128), c->batch_idx = true, c->leftpad = true;
+    c = add_mla(l, TU_VARLEN, F16, 5, 4, 800, 16), c->causal = true, c->zero_len = true;
+    c = add_mla(l, TU_BATCHED, BF, 2, 70, 130, 16), c->causal = true;
+    c = add_mla(l, TU_KVCACHE, F16, 1, 70, 1500, 16), c->page_size = 64, c->causal = true, c->num_splits = 1;
+    c = add_mla(l, TU_KVCACHE, BF, 2, 4, 1500, 64), c->page_size = 16, c->causal = true, c->wl = 200;
+    c = add_mla(l, TU_KVCACHE, BF, 2, 2, 800, 64), c->page_size = 64, c->softcap = 15;
+    c = add_mla(l, TU_KVCACHE, BF, 2, 4, 1000, 128), c->page_size = 64, c->causal = true, c->sinks = BF,
+    c->num_splits = 3;
+    c = add_mla(l, TU_KVCACHE, BF, 2, 2, 800, 64), c->page_size = 64, c->dv = 256, c->causal = true;
+    c = add_mla(l, TU_KVCACHE, F16, 2, 1, 800, 64), c->page_size = 16, c->d = 32;
 
     /* outside the tensor-core kernels: the SIMT fallback */
     c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 1, 64, 64, 2, 2, 96);
@@ -491,7 +530,7 @@ int main(void) {
 
     const char *every_env = getenv("FA3C_TEST_CUDA_EVERY");
     int every = every_env && atoi(every_env) > 0 ? atoi(every_env) : 1;
-    int passed = 0, failed = 0, sm90_cases = 0, e4m3_cases = 0;
+    int passed = 0, failed = 0, sm90_cases = 0, e4m3_cases = 0, mla_cases = 0;
     for (int i = 0; i < l.n; i += every) {
         tu_case *c = &l.k[i].c;
         tu_case_describe(c, "");
@@ -508,8 +547,10 @@ int main(void) {
             tu_verdict v = tu_run(ctxs[k], &p, TU_RULE_FA3, &rep);
             bool ok = v == TU_PASS || (v == TU_SKIP && !is_cuda);
             const char *name = is_cuda ? "cuda" : "cpu-ref";
-            if (is_cuda && rep.kernel && strncmp(rep.kernel, "wgmma_sm90", 10) == 0) sm90_cases++;
+            if (is_cuda && rep.kernel && strncmp(rep.kernel, "wgmma_sm90", 10) == 0 && !strstr(rep.kernel, "_mla"))
+                sm90_cases++;
             if (is_cuda && rep.kernel && strstr(rep.kernel, "_e4m3")) e4m3_cases++;
+            if (is_cuda && rep.kernel && strstr(rep.kernel, "_mla")) mla_cases++;
             if (v == TU_PASS)
                 printf("%-4s [%-7s] %-96s S=%-3d err %.3g <= %.3g %s\n", ok ? "ok" : "FAIL", name, c->name,
                        rep.num_splits, rep.max_err, rep.bound, is_cuda && rep.kernel ? rep.kernel : "");
@@ -522,8 +563,8 @@ int main(void) {
         tu_prepared_free(&p);
     }
     char msg[512];
-    /* On compute capability 9.x the prefill-shaped cases must have run the wgmma kernel (unless
-     * FA3C_CUDA_SM90=0 keeps them on mma.sync). */
+    /* On compute capability 9.x the prefill-shaped cases must have run the wgmma kernel, and MLA
+     * cases (qv, d 64, dv 512) the wgmma MLA kernel (unless FA3C_CUDA_SM90=0 keeps them off it). */
     bool want_sm90 = every == 1 && !(getenv("FA3C_CUDA_SM90") && strcmp(getenv("FA3C_CUDA_SM90"), "0") == 0);
 #ifdef FA3C_HAVE_CUDA
     int major = 0;
@@ -535,6 +576,8 @@ int main(void) {
     if (want_sm90) {
         printf("%-4s [cuda   ] cases on the wgmma kernel: %d\n", sm90_cases > 0 ? "ok" : "FAIL", sm90_cases);
         sm90_cases > 0 ? passed++ : failed++;
+        printf("%-4s [cuda   ] MLA cases on the wgmma MLA kernel: %d\n", mla_cases > 0 ? "ok" : "FAIL", mla_cases);
+        mla_cases > 0 ? passed++ : failed++;
     }
     if (every == 1) { /* e4m3 cases without rotary run on the tensor-core kernels */
         printf("%-4s [cuda   ] e4m3 cases on the tensor-core kernels: %d\n", e4m3_cases > 0 ? "ok" : "FAIL", e4m3_cases);

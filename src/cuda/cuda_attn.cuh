@@ -294,6 +294,20 @@ __device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, cons
     }
 }
 
+// The CTA's (sequence, grid head -- the kv head when packed --, split slot, m-block): blockIdx.x =
+// ((bi * grid_heads + head) * S + split) * num_m + (num_m - 1 - m_block), so the last (longest
+// under a causal mask) m-blocks of a head start first.
+__device__ __forceinline__ void attn_cta_coords(const cuda_attn_params &p, int *bi, int *head, int *split,
+                                                int *m_block) {
+    int64_t bid = blockIdx.x;
+    *m_block = p.num_m_blocks - 1 - (int)(bid % p.num_m_blocks);
+    bid /= p.num_m_blocks;
+    *split = (int)(bid % p.num_splits);
+    bid /= p.num_splits;
+    *head = (int)(bid % p.grid_heads);
+    *bi = (int)(bid / p.grid_heads);
+}
+
 // The keys of a CTA (rows row0 .. row0 + bm - 1 of rows, tiles of bn keys) in split slot `split`:
 // [kmin, kmax) from the first row's lo to the last row's hi (both non-decreasing in the row),
 // within the slot's keys [slo, shi). False: an exact split this sequence does not use (the caller
@@ -456,11 +470,13 @@ __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi
 }
 
 // The finished rows e = 0, 1 of one m16 tile (as in attn_softmax_scores; l summed over the 4 lanes
-// of a row): the sink folded in (sink), then out and lse, or the slot's partial, of valid rows.
+// of a row) holding output columns col0 .. col0 + 8 OT - 1: the sink folded in (sink), then out
+// and lse (when with_lse), or the slot's partial, of valid rows.
 template <int BF, int OT>
 __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int bi, int q_offset, int split,
                                                 const bool *valid, const int *tok, const int *hq, float (&o)[OT][4],
-                                                float *m, float *l, bool sink, bool poison, int lane) {
+                                                float *m, float *l, bool sink, bool poison, int lane, int col0,
+                                                bool with_lse) {
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
         const int h2 = 2 * ri;
@@ -475,10 +491,10 @@ __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int b
         }
 #pragma unroll
         for (int ot = 0; ot < OT; ot++) {
-            int col = ot * 8 + 2 * (lane & 3);
+            int col = col0 + ot * 8 + 2 * (lane & 3);
             if (col < p.dv)
                 attn_store_row<BF>(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, col, 2, &o[ot][h2], m[ri], l[ri],
-                                   ot == 0 && (lane & 3) == 0, poison);
+                                   with_lse && ot == 0 && (lane & 3) == 0, poison);
         }
     }
 }
@@ -567,15 +583,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     int32_t  *sPage = (int32_t *)(fV + (FP8 ? NST * BN * (DV + 16) : 0)); // page ids: tile u in row u % NST
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    // blockIdx.x = ((bi * grid_heads + head) * S + split) * num_m + (num_m - 1 - m_block): the
-    // last (longest under a causal mask) m-blocks of a head start first.
-    int64_t bid = blockIdx.x;
-    const int m_block = p.num_m_blocks - 1 - (int)(bid % p.num_m_blocks);
-    bid /= p.num_m_blocks;
-    const int split = (int)(bid % p.num_splits);
-    bid /= p.num_splits;
-    const int head = (int)(bid % p.grid_heads);
-    const int bi = (int)(bid / p.grid_heads);
+    int bi, head, split, m_block;
+    attn_cta_coords(p, &bi, &head, &split, &m_block);
 
     // Before any return: warp-collective, and every CTA reaches the same verdict.
     const bool poison = !cuda_meta_ok(p.meta);
@@ -773,7 +782,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                     for (int e = 0; e < 4; e++) oacc[mt][ot][e] *= v_ds;
             }
             attn_store_tile<OBF, OTILES>(p, bi, sl.q_offset, split, &rvalid[2 * mt], &rtok[2 * mt], &rhq[2 * mt],
-                                         oacc[mt], &m[2 * mt], &l[2 * mt], sink, poison, lane);
+                                         oacc[mt], &m[2 * mt], &l[2 * mt], sink, poison, lane, 0, true);
         }
     } else {
         // Merge the 4 warps' states of the 16 rows (each saw a quarter of every key tile) in the
@@ -841,7 +850,7 @@ static cudaError_t attn_occupancy(int *ctas_per_sm) {
 
 #define ATTN_KERNEL_ENTRY(HD, DV, BF, MT, WSPLIT, NAME)                                                               \
     {                                                                                                                \
-        HD, DV, BF == 1, BF == 2, WSPLIT, 0, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), attn_block_m(MT, WSPLIT),                    \
+        HD, DV, BF == 1, BF == 2, WSPLIT, 0, 0, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), attn_block_m(MT, WSPLIT),                    \
             attn_block_n(HD, MT, WSPLIT), attn_launch<HD, DV, BF, MT, WSPLIT>, attn_prepare<HD, DV, BF, MT, WSPLIT>, \
             attn_occupancy<HD, DV, BF, MT, WSPLIT>                                                                   \
     }

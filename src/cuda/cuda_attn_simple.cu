@@ -66,11 +66,11 @@ __global__ void __launch_bounds__(SIMPLE_WARPS * 32) simple_attn_kernel(const __
         }
         q[t] = x;
     }
-    const int64_t qv_base = (int64_t)bi * sp.qv_sb + row * sp.qv_sr + (int64_t)hq * sp.qv_sh;
+    const int64_t qv_base = (int64_t)bi * sp.a.qv_sb + row * sp.a.qv_sr + (int64_t)hq * sp.a.qv_sh;
 #pragma unroll
     for (int t = 0; t < SIMPLE_VD; t++) {
         int c = lane + 32 * t;
-        qv[t] = sp.qv && c < dv ? cuda_load_any(sp.qv, sp.in_dtype, qv_base + c) : 0.0f;
+        qv[t] = sp.a.qv && c < dv ? cuda_load_any(sp.a.qv, sp.in_dtype, qv_base + c) : 0.0f;
     }
 
     const float qk_ds = cuda_descale(p.q_ds, p.qd_sb, p.qd_sh, bi, hk) * cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, bi, hk);
@@ -110,10 +110,10 @@ __global__ void __launch_bounds__(SIMPLE_WARPS * 32) simple_attn_kernel(const __
                 for (int t = 0; t < SIMPLE_VD; t++) {
                     int c = lane + 32 * t;
                     vv[t] = c < dv ? cuda_load_any(p.v, sp.in_dtype, vb + c) : 0.0f;
-                    if (sp.qv) dotv += qv[t] * vv[t];
+                    if (sp.a.qv) dotv += qv[t] * vv[t];
                 }
                 float score = qk_ds * simple_warp_sum(dot);
-                if (sp.qv) score += simple_warp_sum(dotv);
+                if (sp.a.qv) score += simple_warp_sum(dotv);
                 score *= scale;
                 if (p.softcap > 0.0f) score = p.softcap * tanhf(score / p.softcap);
                 float m_new = fmaxf(m, score);

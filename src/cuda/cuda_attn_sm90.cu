@@ -20,13 +20,10 @@
 //
 // Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
-#include "cuda/cuda_attn.cuh"
-#include "cuda/cuda_sm90.cuh"
+#include "cuda/cuda_sm90_tile.cuh"
 
 #define SM90_THREADS 384
 #define SM90_BM 128
-#define SM90_PRODUCER_REGS 56
-#define SM90_CONSUMER_REGS 224 // 128 x 56 + 256 x 224 <= 64K registers of the SM
 
 // Keys per tile: 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
 __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 : 64; }
@@ -49,69 +46,6 @@ __host__ __device__ constexpr size_t sm90_smem_bytes(int hd) {
     return (size_t)sm90_off_bars(hd) + (1 + 4 * sm90_stages(hd)) * 8 + 1024;
 }
 
-// Byte offset of 16-byte chunk c of row r in a tile of `rows` rows stored as 128-byte swizzled
-// column blocks (cuda_sm90.cuh).
-__device__ __forceinline__ uint32_t sm90_swizzle(int r, int c, int rows) {
-    return (uint32_t)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-}
-
-// Producer: rows of the Q tile (rows >= rows, columns >= d zero-filled).
-template <int HD>
-__device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
-                                            int hk, int g, int row0, int rows, uint32_t sQ, int ptid) {
-    constexpr int CPR = HD / 8;
-#pragma unroll 4
-    for (int idx = ptid; idx < SM90_BM * CPR; idx += 128) {
-        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
-        bool v = R < rows && c * 8 < p.d;
-        const uint16_t *src = (const uint16_t *)p.q;
-        if (v) {
-            attn_row(p, R, g, head, hk, &i, &hq);
-            src += (int64_t)bi * p.q_sb + (int64_t)(sl.q_offset + i) * p.q_sr + (int64_t)hq * p.q_sh + c * 8;
-        }
-        cuda_cp_async16(sQ + sm90_swizzle(r, c, SM90_BM), src, v);
-    }
-}
-
-// Producer: K or V rows of keys k0 .. k0 + BN - 1 of kv head hk (rows >= kmax, columns >= width
-// zero-filled). base, sb, sr: the tensor and its page-or-batch and row strides.
-template <int HD, int BN>
-__device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
-                                             int64_t sb, int64_t sr, int width, int k0, int kmax,
-                                             const int32_t *pages, uint32_t dst, int ptid) {
-    constexpr int CPR = HD / 8;
-#pragma unroll 4
-    for (int idx = ptid; idx < BN * CPR; idx += 128) {
-        int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
-        bool v = j < kmax;
-        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
-        v = v && c * 8 < width;
-        const uint16_t *src = v ? base + (int64_t)x * sb + (int64_t)y * sr + c * 8 : base;
-        cuda_cp_async16(dst + sm90_swizzle(rr, c, BN), src, v);
-    }
-}
-
-// Issues S = Q K^T for the warpgroup's 64 rows (q_base) and the BN keys of k_base: HD / 16 wgmma
-// k-steps (the first overwrites s).
-template <int HD, int BN, int BF>
-__device__ __forceinline__ void sm90_qk(float (&s)[BN / 2], uint32_t q_base, uint32_t k_base) {
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        const uint32_t kof = (kk & 3) * 32; // k16 step within a column block
-        sm90_wgmma_ss<BF, BN>(s, sm90_desc(q_base + (kk >> 2) * SM90_BM * 128 + kof, 16, 1024),
-                              sm90_desc(k_base + (kk >> 2) * BN * 128 + kof, 16, 1024), kk > 0);
-    }
-}
-
-// Issues O += P V: BN / 16 wgmma k-steps over the keys of v_base (MN-major: column blocks of 64
-// dv are BN * 128 bytes apart, a k-step is 16 rows).
-template <int DV, int BN, int BF>
-__device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[BN / 16][4], uint32_t v_base) {
-#pragma unroll
-    for (int ks = 0; ks < BN / 16; ks++)
-        sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
-}
-
 template <int HD, int BF>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
@@ -128,13 +62,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
                    empty_v = empty_k + 8 * NST;
 
     const int tid = threadIdx.x, lane = tid & 31;
-    int64_t bid = blockIdx.x; // decoded as in attn_fwd_kernel: longest m-blocks of a head first
-    const int m_block = p.num_m_blocks - 1 - (int)(bid % p.num_m_blocks);
-    bid /= p.num_m_blocks;
-    const int split = (int)(bid % p.num_splits);
-    bid /= p.num_splits;
-    const int head = (int)(bid % p.grid_heads);
-    const int bi = (int)(bid / p.grid_heads);
+    int bi, head, split, m_block;
+    attn_cta_coords(p, &bi, &head, &split, &m_block);
 
     const bool poison = !cuda_meta_ok(p.meta); // warp-collective, before any return
 
@@ -172,7 +101,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         if (n_tiles == 0) return;
         const int ptid = tid;
         if (!tma.q_on) {
-            sm90_load_q<HD>(p, sl, bi, head, hk, g, row0, rows, sQ, ptid);
+            sm90_load_q<HD, BM>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows, sQ,
+                                ptid);
             sm90_mbar_arrive_cp_async(full_q);
         } else if (ptid == 0) { // rows of one head: the tile is a box (past the tensor's end: zeros)
             const int qrow = sl.q_offset + row0, qb = tma.q_varlen ? 0 : bi;
@@ -191,58 +121,20 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             const uint32_t ph = (uint32_t)(t / NST) & 1;
             const int k0 = kmin + t * BN;
             int32_t *pages = sPage + (t & 1) * BN;
-            if (p.page_table) { // the row of thread ptid; read by all after the barrier
-                int j = k0 + ptid, r = sl.k_offset + j;
-                if (ptid < BN)
-                    pages[ptid] = j < kmax ? p.page_table[(int64_t)sl.k_batch * p.pt_sb +
-                                                          (p.page_shift >= 0 ? r >> p.page_shift : r / p.page_size)]
-                                           : 0;
-                sm90_named_sync(1, 128);
-            }
-            // A whole tile of contiguous rows: two (HD / 64) bulk tensor copies issued by one thread,
-            // the others just arrive. The tail tile (rows past kmax) and paged tiles: cp.async,
+            if (p.page_table) sm90_stage_pages<BN>(p, sl, k0, kmax, pages, ptid);
+            // Contiguous rows: bulk tensor copies of runs of box rows (the whole tile, or one page
+            // each when paged). The tail tile (rows past kmax) and other pages: cp.async,
             // zero-filling past kmax (the copy engine would read rows whose V may hold NaN).
-            // Bulk: runs of box rows (the whole tile, or one page run each when paged), lane r of
-            // warp 0 issuing run r after lane 0 announced the tile's bytes.
             const bool bulk = tma.on && k0 + BN <= kmax;
-            const int box = tma.paged_rows ? tma.paged_rows : BN, runs = BN / box;
-            const uint32_t dK = sK + st * sm90_tile_bytes(BN, HD), dV = sV + st * sm90_tile_bytes(BN, DV);
-            int c1 = 0, c2 = 0, c3 = 0;
-            if (bulk && ptid < runs) { // box coordinates of run ptid
-                const int r = sl.k_offset + k0 + ptid * box;
-                c3 = tma.paged_rows ? pages[ptid * box] : tma.varlen ? 0 : sl.k_batch;
-                const int row = tma.paged_rows ? (p.page_shift >= 0 ? r & (p.page_size - 1) : r % p.page_size) : r;
-                c1 = tma.heads_first ? hk : row;
-                c2 = tma.heads_first ? row : hk;
-            }
+            const int box = tma.paged_rows ? tma.paged_rows : BN;
+            int c[3] = {0, 0, 0};
+            if (bulk && ptid < BN / box) sm90_run_coords(p, sl, tma, pages, k0, ptid * box, hk, c);
             sm90_mbar_wait(empty_k + 8 * st, ph ^ 1);
-            if (!bulk) {
-                sm90_load_kv<HD, BN>(p, sl, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, dK, ptid);
-                sm90_mbar_arrive_cp_async(full_k + 8 * st);
-            } else {
-                if (ptid == 0) sm90_mbar_arrive_tx(full_k + 8 * st, BN * HD * 2);
-                else sm90_mbar_arrive(full_k + 8 * st);
-                __syncwarp();
-                if (ptid < runs)
-#pragma unroll
-                    for (int cb = 0; cb < HD / 64; cb++)
-                        sm90_tma_load_4d(dK + cb * BN * 128 + ptid * box * 128, &tma.k, cb * 64, c1, c2, c3,
-                                         full_k + 8 * st);
-            }
+            sm90_issue_tile<HD, BN>(p, sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, bulk, box, c,
+                                    sK + st * sm90_tile_bytes(BN, HD), full_k + 8 * st, ptid);
             sm90_mbar_wait(empty_v + 8 * st, ph ^ 1);
-            if (!bulk) {
-                sm90_load_kv<DV, BN>(p, sl, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, dV, ptid);
-                sm90_mbar_arrive_cp_async(full_v + 8 * st);
-            } else {
-                if (ptid == 0) sm90_mbar_arrive_tx(full_v + 8 * st, BN * DV * 2);
-                else sm90_mbar_arrive(full_v + 8 * st);
-                __syncwarp();
-                if (ptid < runs)
-#pragma unroll
-                    for (int cb = 0; cb < DV / 64; cb++)
-                        sm90_tma_load_4d(dV + cb * BN * 128 + ptid * box * 128, &tma.v, cb * 64, c1, c2, c3,
-                                         full_v + 8 * st);
-            }
+            sm90_issue_tile<DV, BN>(p, sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, bulk, box, c,
+                                    sV + st * sm90_tile_bytes(BN, DV), full_v + 8 * st, ptid);
         }
         cuda_cp_async_wait_all();
         return;
@@ -280,7 +172,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         const uint32_t ph = (uint32_t)(t / NST) & 1, pph = (uint32_t)((t - 1) / NST) & 1;
         sm90_mbar_wait(full_k + 8 * st, ph);
         sm90_wgmma_fence();
-        sm90_qk<HD, BN, BF>(s, q_base, sK + st * sm90_tile_bytes(BN, HD));
+        sm90_qk<HD, BM, BN, BF>(s, q_base, sK + st * sm90_tile_bytes(BN, HD));
         sm90_wgmma_commit();
         if (t > 0) {
             sm90_mbar_wait(full_v + 8 * pst, pph);
@@ -303,13 +195,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             if (lane == 0) sm90_mbar_arrive(empty_v + 8 * pst);
             attn_rescale<DV / 8>(o4, corr);
         }
-#pragma unroll
-        for (int ks = 0; ks < BN / 16; ks++) {
-            pa[ks][0] = cuda_pack2<BF>(s4[2 * ks][0], s4[2 * ks][1]);
-            pa[ks][1] = cuda_pack2<BF>(s4[2 * ks][2], s4[2 * ks][3]);
-            pa[ks][2] = cuda_pack2<BF>(s4[2 * ks + 1][0], s4[2 * ks + 1][1]);
-            pa[ks][3] = cuda_pack2<BF>(s4[2 * ks + 1][2], s4[2 * ks + 1][3]);
-        }
+        sm90_pack_p<BN, BF>(s4, pa);
     }
     if (n_tiles > 0) { // O += P V of the last tile
         const int st = (n_tiles - 1) % NST;
@@ -327,7 +213,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
     }
     attn_store_tile<BF, DV / 8>(p, bi, sl.q_offset, split, rvalid, rtok, rhq, o4, m, l, p.sinks && split == 0, poison,
-                                lane);
+                                lane, 0, true);
 #endif
 }
 
@@ -350,7 +236,7 @@ template <int HD, int BF> static cudaError_t sm90_occupancy(int *ctas_per_sm) {
 }
 
 #define SM90_KERNEL(HD, BF, NAME)                                                                                     \
-    {HD, HD, BF, 0, 0, 1, NAME, sm90_smem_bytes(HD), SM90_BM, sm90_block_n(HD), sm90_launch<HD, BF>, sm90_prepare<HD, BF>,\
+    {HD, HD, BF, 0, 0, 1, 0, NAME, sm90_smem_bytes(HD), SM90_BM, sm90_block_n(HD), sm90_launch<HD, BF>, sm90_prepare<HD, BF>,\
      sm90_occupancy<HD, BF>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {

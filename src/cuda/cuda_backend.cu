@@ -4,9 +4,9 @@
 //   no keys at all (total_k + total_new == 0)     -> fill out 0, lse +inf
 //   otherwise: append (k_new) -> split counts (exact splits of a varlen call without metadata)
 //              -> attention -> combine (W > 1 slots, unless the decode kernel combines itself)
-//   attention: a tensor-core kernel (wgmma on Hopper for prefill-shaped 16-bit calls, else
-//   mma.sync), or the SIMT fallback ("simple": qv, e4m3 with rotary or other head dims, other
-//   head dims, unaligned rows), which always uses FA3's exact split partition.
+//   attention: a tensor-core kernel (wgmma on Hopper for prefill-shaped 16-bit calls and for MLA
+//   (qv), else mma.sync), or the SIMT fallback ("simple": qv off Hopper, e4m3 with rotary or other
+//   head dims, other head dims, unaligned rows), which always uses FA3's exact split partition.
 // A forward can be captured into a CUDA graph: it allocates and synchronises nothing once the
 // context's workspace is large enough (an earlier forward outside capture sized it), and checks
 // scheduler_metadata on the device instead of on the host (include/fa3c.h, fa3c_fwd).
@@ -45,11 +45,12 @@ static fa3c_status use_device(const fa3c_context *ctx) {
 
 static const cuda_attn_kernel *const kernel_groups[] = {
     fa3c_cuda_attn_d64,  fa3c_cuda_attn_d96,  fa3c_cuda_attn_d128, fa3c_cuda_attn_d192,
-    fa3c_cuda_attn_d256, fa3c_cuda_attn_sm90, fa3c_cuda_attn_e4m3,
+    fa3c_cuda_attn_d256, fa3c_cuda_attn_sm90, fa3c_cuda_attn_e4m3, fa3c_cuda_attn_mla,
 };
 static const int kernel_group_size[] = {
     CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET,
     2 * CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_SM90_KERNELS, CUDA_ATTN_E4M3_KERNELS,
+    CUDA_ATTN_MLA_KERNELS,
 };
 #define KERNEL_GROUPS ((int)(sizeof kernel_groups / sizeof kernel_groups[0]))
 
@@ -60,12 +61,12 @@ static const cuda_attn_kernel *kernel_by_id(int32_t id) {
     return &kernel_groups[gi][ki];
 }
 
-static int32_t kernel_find(int hd, int dv, int bf16, int e4m3, int decode, int sm90) {
+static int32_t kernel_find(int hd, int dv, int bf16, int e4m3, int decode, int sm90, int qv) {
     for (int gi = 0; gi < KERNEL_GROUPS; gi++)
         for (int ki = 0; ki < kernel_group_size[gi]; ki++) {
             const cuda_attn_kernel *k = &kernel_groups[gi][ki];
             if (k->hd == hd && k->dv == dv && k->bf16 == bf16 && k->e4m3 == e4m3 && k->decode == decode &&
-                k->sm90 == sm90)
+                k->sm90 == sm90 && k->qv == qv)
                 return gi * 8 + ki;
         }
     return -1;
@@ -260,29 +261,35 @@ static bool rows_aligned(const fa3c_tensor *t) {
 // and 256 buckets, whole 16-element chunks and no rotary).
 static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa3c_problem *p, int32_t *id_out) {
     const fa3c_fwd_args *a = p->args;
-    if (p->has_qv) return NULL;
-    int64_t hd = headdim_bucket(p->d), dvb;
-    if (p->dv == p->d) dvb = hd;
-    else if (p->d > 128 && p->d <= 192 && p->dv > 96 && p->dv <= 128) dvb = 128;
-    else return NULL;
-    const int e4m3 = p->is_fp8;
-    if (e4m3 && (p->dv != p->d || hd == 96 || hd == 192 || p->d % 16 || p->has_rotary)) return NULL;
-    const fa3c_tensor *rows[] = {&a->q, &a->k, &a->v, &a->out, &a->k_new, &a->v_new};
+    const fa3c_tensor *rows[] = {&a->q, &a->k, &a->v, &a->out, &a->k_new, &a->v_new, &a->qv};
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         if (!rows_aligned(rows[i])) return NULL;
-    // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the keys.
-    // More rows run the wgmma kernel where it exists (Hopper; d = dv = 64, 128 or 256; no q rotary)
-    // unless its producer would gather every K/V tile with cp.async (a paged cache whose page size
-    // is not a power of two >= 16), which the mma.sync kernel does faster (H100, d 128, 4k causal:
-    // 174 vs 139 TFLOP/s at page size 1); with FA3C_CUDA_TMA=0 it gathers anyway (a test mode).
     int64_t g = p->h / p->h_k, rows_per_seq = p->s_q * (p->pack_gqa ? g : 1);
-    const int bf16 = p->in_dtype == FA3C_DTYPE_BF16, decode = rows_per_seq <= 16;
-    const bool bulk_pages =
-        !p->paged || !st->tma_encode || (p->page_size >= 16 && !(p->page_size & (p->page_size - 1)));
+    const int bf16 = p->in_dtype == FA3C_DTYPE_BF16;
     int32_t id = -1;
-    if (st->sm90 && !e4m3 && !decode && !p->has_rotary && dvb == hd && bulk_pages)
-        id = kernel_find((int)hd, (int)dvb, bf16, 0, 0, 1);
-    if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, decode, 0);
+    if (p->has_qv) { // MLA (d <= 64, dv 256 or 512): the Hopper kernel for any row count, else SIMT
+        if (st->sm90 && !p->has_rotary && p->d <= 64 && p->dv <= 512)
+            id = kernel_find(64, p->dv <= 256 ? 256 : 512, bf16, 0, 0, 1, 1);
+    } else {
+        int64_t hd = headdim_bucket(p->d), dvb;
+        if (p->dv == p->d) dvb = hd;
+        else if (p->d > 128 && p->d <= 192 && p->dv > 96 && p->dv <= 128) dvb = 128;
+        else return NULL;
+        const int e4m3 = p->is_fp8;
+        if (e4m3 && (p->dv != p->d || hd == 96 || hd == 192 || p->d % 16 || p->has_rotary)) return NULL;
+        // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the
+        // keys. More rows run the wgmma kernel where it exists (Hopper; d = dv = 64, 128 or 256; no q
+        // rotary) unless its producer would gather every K/V tile with cp.async (a paged cache whose
+        // page size is not a power of two >= 16), which the mma.sync kernel does faster (H100, d 128,
+        // 4k causal: 174 vs 139 TFLOP/s at page size 1); with FA3C_CUDA_TMA=0 it gathers anyway (a
+        // test mode).
+        const int decode = rows_per_seq <= 16;
+        const bool bulk_pages =
+            !p->paged || !st->tma_encode || (p->page_size >= 16 && !(p->page_size & (p->page_size - 1)));
+        if (st->sm90 && !e4m3 && !decode && !p->has_rotary && dvb == hd && bulk_pages)
+            id = kernel_find((int)hd, (int)dvb, bf16, 0, 0, 1, 0);
+        if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, decode, 0, 0);
+    }
     const cuda_attn_kernel *k = kernel_by_id(id);
     if (!k) return NULL;
     int64_t num_m = (rows_per_seq + k->block_m - 1) / k->block_m;
@@ -572,10 +579,6 @@ static fa3c_status run_simple(const fa3c_problem *p, const cuda_attn_params *ap,
     sp.out_dtype = a->out.dtype;
     sp.rot_dtype = p->has_rotary ? a->rotary_cos.dtype : FA3C_DTYPE_NONE;
     sp.scale = p->scale;
-    if (p->has_qv) {
-        sp.qv = a->qv.data;
-        token_strides(&a->qv, p->varlen_q, &sp.qv_sb, &sp.qv_sr, &sp.qv_sh);
-    }
     CUDA_TRY(cuda_simple_launch(&sp, stream), "simple attention kernel launch");
     return FA3C_OK;
 }
@@ -677,6 +680,10 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.out = a->out.data;
     ap.lse = fa3c_present(&a->softmax_lse) ? (float *)a->softmax_lse.data : NULL;
     token_strides(&a->q, p->varlen_q, &ap.q_sb, &ap.q_sr, &ap.q_sh);
+    if (p->has_qv) {
+        ap.qv = a->qv.data;
+        token_strides(&a->qv, p->varlen_q, &ap.qv_sb, &ap.qv_sr, &ap.qv_sh);
+    }
     cache_strides(p, &a->k, &ap.k_sb, &ap.k_sr, &ap.k_sh);
     cache_strides(p, &a->v, &ap.v_sb, &ap.v_sr, &ap.v_sh);
     token_strides(&a->out, p->varlen_q, &ap.o_sb, &ap.o_sr, &ap.o_sh);
@@ -832,8 +839,8 @@ static fa3c_status cuda_merge_state(fa3c_context *ctx, const fa3c_tensor *out_a,
 
 extern "C" const fa3c_backend fa3c_backend_cuda = {
     "cuda",
-    "NVIDIA GPUs (sm_80+): wgmma + TMA (sm_90) and mma.sync tensor-core attention, fp16/bf16/e4m3 (SIMT fallback "
-    "for qv and other head dims), paged KV, split-KV with combine",
+    "NVIDIA GPUs (sm_80+): wgmma + TMA (sm_90, MLA included) and mma.sync tensor-core attention, fp16/bf16/e4m3 "
+    "(SIMT fallback for other head dims), paged KV, split-KV with combine",
     FA3C_DEVICE_CUDA,
     cuda_available,
     cuda_context_init,

@@ -302,10 +302,11 @@ typedef struct cuda_attn_params {
     cuda_seq_params seq;
     cuda_mask       mask;
     const void *q, *k, *v;
+    const void *qv;                        // (b, s_q, h, dv) / (total_q, h, dv): scores add qv.v; or NULL
     void       *out;
     float      *lse;                       // NULL: not requested
     float      *oacc, *lacc;               // split partials (num_splits > 1)
-    int64_t q_sb, q_sr, q_sh;
+    int64_t q_sb, q_sr, q_sh, qv_sb, qv_sr, qv_sh;
     int64_t k_sb, k_sr, k_sh, v_sb, v_sr, v_sh;
     int64_t o_sb, o_sr, o_sh;
     int64_t l_sb, l_sh, l_sr;
@@ -359,7 +360,8 @@ typedef struct cuda_attn_kernel {
     int         hd, dv, bf16;
     int         e4m3;       // 1: e4m3 inputs (bf16 out)
     int         decode;     // 1: the few-rows variant (16 rows, the 4 warps split each key tile)
-    int         sm90;       // 1: the wgmma kernel (compute capability 9.x only)
+    int         sm90;       // 1: a wgmma kernel (compute capability 9.x only)
+    int         qv;         // 1: the MLA kernel, scores q.k + qv.v (cuda_attn_mla.cu)
     const char *name;
     size_t      smem;       // dynamic shared memory per block
     int         block_m, block_n;
@@ -378,6 +380,8 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_e4m3[CUDA_ATTN_E4M3_KERNELS];
 #define CUDA_ATTN_SM90_KERNELS 6 // {d 64, 128, 256} x {bf16, f16}, many rows (cuda_attn_sm90.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
+#define CUDA_ATTN_MLA_KERNELS 4 // d 64 with qv, {dv 256, 512} x {bf16, f16} (cuda_attn_mla.cu)
+extern const cuda_attn_kernel fa3c_cuda_attn_mla[CUDA_ATTN_MLA_KERNELS];
 
 // The SIMT fallback (cuda_attn_simple.cu): every problem the tensor-core kernels refuse (e4m3
 // inputs, qv, head dims without a tile, unaligned rows). One warp per (sequence, q head, query
@@ -391,8 +395,6 @@ typedef struct cuda_simple_params {
     cuda_attn_params a;
     int32_t in_dtype, out_dtype, rot_dtype;  // rot_dtype: dtype of rotary_cos / rotary_sin
     float   scale;                           // softmax scale
-    const void *qv;                          // (b, s_q, h, dv) / (total_q, h, dv) or NULL
-    int64_t qv_sb, qv_sr, qv_sh;
 } cuda_simple_params;
 
 cudaError_t cuda_simple_launch(const cuda_simple_params *p, cudaStream_t stream);

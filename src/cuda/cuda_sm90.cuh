@@ -96,6 +96,9 @@ __device__ __forceinline__ void sm90_wgmma_commit() { asm volatile("wgmma.commit
 template <int N> __device__ __forceinline__ void sm90_wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// Orders this thread's earlier shared-memory stores before later reads of the async proxy (a
+// wgmma operand written by threads).
+__device__ __forceinline__ void sm90_fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Keeps the compiler from moving reads or writes of accumulator registers across an asynchronous
 // wgmma (it sees the registers written when the instruction issues, not when it completes).
 template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) {
@@ -130,24 +133,32 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
 
 // d (64 x N f32; thread layout: per 8 columns j, d[4j..4j+3] = rows r, r, r+8, r+8 and columns
 // c, c+1, c, c+1 with r = 16 warp + lane / 4, c = 8j + 2 (lane % 4)) (+)= A (64 x 16, shared,
-// K-major) * B (16 x N, shared, K-major: N rows of the contraction dim). accumulate 0: d = A B.
-// R, D: the register list and operands of N / 2 accumulators; A0..A2: the indices of the inputs.
-#define SM90_SS(N, T, R, D, A0, A1, A2)                                                                               \
+// K-major) * B (16 x N, shared; K-major -- N rows of the contraction dim -- or, TB = 1,
+// MN-major). accumulate 0: d = A B. R, D: the register list and operands of N / 2 accumulators;
+// A0..A2: the indices of the inputs.
+#define SM90_SS(N, T, TB, R, D, A0, A1, A2)                                                                           \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" A2 ", 0;\n"                                                   \
                  "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." T "." T " " R ", %" A0 ", %" A1                  \
-                 ", p, 1, 1, 0, 0;\n}\n"                                                                              \
+                 ", p, 1, 1, 0, " TB ";\n}\n"                                                                        \
                  : D                                                                                                  \
                  : "l"(da), "l"(db), "r"(accumulate))
-template <int BF, int N>
+// The four (dtype, B major) forms of SM90_SS; K: the accumulator count N / 2 (pasted into the
+// register-list names, so that they are split into operands only inside SM90_SS).
+#define SM90_SS_TYPES(N, K, A0, A1, A2)                                                                               \
+    if constexpr (BF && TB) SM90_SS(N, "bf16", "1", SM90_R##K, SM90_D##K, A0, A1, A2);                              \
+    else if constexpr (BF) SM90_SS(N, "bf16", "0", SM90_R##K, SM90_D##K, A0, A1, A2);                               \
+    else if constexpr (TB) SM90_SS(N, "f16", "1", SM90_R##K, SM90_D##K, A0, A1, A2);                                \
+    else SM90_SS(N, "f16", "0", SM90_R##K, SM90_D##K, A0, A1, A2);
+template <int BF, int N, int TB = 0>
 __device__ __forceinline__ void sm90_wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
-    static_assert(N == 64 || N == 128, "Q.K^T widths of the kernel");
+    static_assert(N == 64 || N == 128 || N == 256, "widths of the kernels' GEMMs");
 #if FA3C_SM90A
-    if constexpr (N == 128) {
-        if constexpr (BF) SM90_SS(128, "bf16", SM90_R64, SM90_D64, "64", "65", "66");
-        else SM90_SS(128, "f16", SM90_R64, SM90_D64, "64", "65", "66");
+    if constexpr (N == 256) {
+        SM90_SS_TYPES(256, 128, "128", "129", "130")
+    } else if constexpr (N == 128) {
+        SM90_SS_TYPES(128, 64, "64", "65", "66")
     } else {
-        if constexpr (BF) SM90_SS(64, "bf16", SM90_R32, SM90_D32, "32", "33", "34");
-        else SM90_SS(64, "f16", SM90_R32, SM90_D32, "32", "33", "34");
+        SM90_SS_TYPES(64, 32, "32", "33", "34")
     }
 #endif
 }

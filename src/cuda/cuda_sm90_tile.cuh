@@ -1,0 +1,140 @@
+// Tile movement and the two GEMMs of the Hopper kernels (cuda_attn_sm90.cu, cuda_attn_mla.cu):
+// the producer's cp.async gathers into 128-byte-swizzled column blocks, S = Q K^T from shared
+// memory and O += P V with P from registers. The layout is cuda_sm90.cuh's: a tile of R rows is
+// stored as column blocks of 64 elements (R x 128 bytes each), one after the other.
+#ifndef FA3C_CUDA_SM90_TILE_CUH
+#define FA3C_CUDA_SM90_TILE_CUH
+
+#include "cuda/cuda_attn.cuh"
+#include "cuda/cuda_sm90.cuh"
+
+#define SM90_PRODUCER_REGS 56
+#define SM90_CONSUMER_REGS 224 // 128 x 56 + 256 x 224 <= 64K registers of the SM
+
+// Byte offset of 16-byte chunk c of row r in a tile of `rows` rows.
+__device__ __forceinline__ uint32_t sm90_swizzle(int r, int c, int rows) {
+    return (uint32_t)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+
+// Producer: the BM query-side rows row0 .. of a tile from `base` (q, or qv: (b, s_q, h, x) with
+// strides sb, sr, sh; packed rows R map to (token, head) as attn_row does); rows >= rows and
+// columns >= width zero-filled. HD: the tile's width (a multiple of 64).
+template <int HD, int BM>
+__device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
+                                            int64_t sb, int64_t sr, int64_t sh, int width, int bi, int head, int hk,
+                                            int g, int row0, int rows, uint32_t dst, int ptid) {
+    constexpr int CPR = HD / 8, UNROLL = HD > 256 ? 2 : 4; // as in sm90_load_kv
+#pragma unroll UNROLL
+    for (int idx = ptid; idx < BM * CPR; idx += 128) {
+        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
+        bool v = R < rows && c * 8 < width;
+        const uint16_t *src = base;
+        if (v) {
+            attn_row(p, R, g, head, hk, &i, &hq);
+            src += (int64_t)bi * sb + (int64_t)(sl.q_offset + i) * sr + (int64_t)hq * sh + c * 8;
+        }
+        cuda_cp_async16(dst + sm90_swizzle(r, c, BM), src, v);
+    }
+}
+
+// Producer: K or V rows of keys k0 .. k0 + BN - 1 of kv head hk (rows >= kmax, columns >= width
+// zero-filled). base, sb, sr: the tensor at the head and its page-or-batch and row strides.
+template <int HD, int BN>
+__device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
+                                             int64_t sb, int64_t sr, int width, int k0, int kmax,
+                                             const int32_t *pages, uint32_t dst, int ptid) {
+    constexpr int CPR = HD / 8, UNROLL = HD > 256 ? 2 : 4; // (MLA's 512-wide V: the producer's 56 registers)
+#pragma unroll UNROLL
+    for (int idx = ptid; idx < BN * CPR; idx += 128) {
+        int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
+        bool v = j < kmax;
+        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+        v = v && c * 8 < width;
+        const uint16_t *src = v ? base + (int64_t)x * sb + (int64_t)y * sr + c * 8 : base;
+        cuda_cp_async16(dst + sm90_swizzle(rr, c, BN), src, v);
+    }
+}
+
+// Producer: the page ids of keys k0 .. k0 + BN - 1 (0 past kmax) into pages[BN], then a barrier of
+// the producer warpgroup (named barrier 1), after which every producer thread may read them.
+template <int BN>
+__device__ __forceinline__ void sm90_stage_pages(const cuda_attn_params &p, const cuda_seqlens &sl, int k0, int kmax,
+                                                 int32_t *pages, int ptid) {
+    int j = k0 + ptid, r = sl.k_offset + j;
+    if (ptid < BN)
+        pages[ptid] = j < kmax ? p.page_table[(int64_t)sl.k_batch * p.pt_sb +
+                                              (p.page_shift >= 0 ? r >> p.page_shift : r / p.page_size)]
+                               : 0;
+    sm90_named_sync(1, 128);
+}
+
+// Producer: box coordinates c (dims 1..3 of the K and V tensor maps) of the bulk run that starts
+// at key k0 + off (a whole box of one page, or of contiguous rows).
+__device__ __forceinline__ void sm90_run_coords(const cuda_attn_params &p, const cuda_seqlens &sl, const cuda_tma &tma,
+                                                const int32_t *pages, int k0, int off, int hk, int (&c)[3]) {
+    const int r = sl.k_offset + k0 + off;
+    const int row = tma.paged_rows ? (p.page_shift >= 0 ? r & (p.page_size - 1) : r % p.page_size) : r;
+    c[0] = tma.heads_first ? hk : row;
+    c[1] = tma.heads_first ? row : hk;
+    c[2] = tma.paged_rows ? pages[off] : tma.varlen ? 0 : sl.k_batch;
+}
+
+// Producer: one K or V tile (keys k0 .. k0 + BN - 1, HD columns) into dst, completing `full` with
+// one arrival per producer thread. bulk: tensor copies of `map` in runs of `box` rows, run r
+// issued by producer thread r at coordinates c after thread 0 announced the tile's bytes; else
+// cp.async gathers (the tail tile, whose rows past kmax must read as zeros, and pages the copy
+// engine cannot take).
+template <int HD, int BN>
+__device__ __forceinline__ void sm90_issue_tile(const cuda_attn_params &p, const cuda_seqlens &sl,
+                                                const CUtensorMap *map, const uint16_t *base, int64_t sb, int64_t sr,
+                                                int width, int k0, int kmax, const int32_t *pages, bool bulk, int box,
+                                                const int (&c)[3], uint32_t dst, uint32_t full, int ptid) {
+    if (!bulk) {
+        sm90_load_kv<HD, BN>(p, sl, base, sb, sr, width, k0, kmax, pages, dst, ptid);
+        sm90_mbar_arrive_cp_async(full);
+        return;
+    }
+    if (ptid == 0) sm90_mbar_arrive_tx(full, BN * HD * 2);
+    else sm90_mbar_arrive(full);
+    __syncwarp();
+    if (ptid < BN / box)
+#pragma unroll
+        for (int cb = 0; cb < HD / 64; cb++)
+            sm90_tma_load_4d(dst + cb * BN * 128 + ptid * box * 128, map, cb * 64, c[0], c[1], c[2], full);
+}
+
+// Issues S = Q K^T for a warpgroup's 64 rows (q_base, in a tile of BM rows) and the BN keys of
+// k_base: HD / 16 wgmma k-steps (the first overwrites s).
+template <int HD, int BM, int BN, int BF>
+__device__ __forceinline__ void sm90_qk(float (&s)[BN / 2], uint32_t q_base, uint32_t k_base) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        const uint32_t kof = (kk & 3) * 32; // k16 step within a column block
+        sm90_wgmma_ss<BF, BN>(s, sm90_desc(q_base + (kk >> 2) * BM * 128 + kof, 16, 1024),
+                              sm90_desc(k_base + (kk >> 2) * BN * 128 + kof, 16, 1024), kk > 0);
+    }
+}
+
+// Issues O += P V: BN / 16 wgmma k-steps over the keys of v_base (MN-major: column blocks of 64
+// dv are BN * 128 bytes apart, a k-step is 16 rows).
+template <int DV, int BN, int BF>
+__device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[BN / 16][4], uint32_t v_base) {
+#pragma unroll
+    for (int ks = 0; ks < BN / 16; ks++)
+        sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
+}
+
+// The m16n8k16 A fragments of P (a warpgroup's scores, BN keys, after the softmax) rounded to the
+// input dtype.
+template <int BN, int BF>
+__device__ __forceinline__ void sm90_pack_p(const float (&s4)[BN / 8][4], uint32_t (&pa)[BN / 16][4]) {
+#pragma unroll
+    for (int ks = 0; ks < BN / 16; ks++) {
+        pa[ks][0] = cuda_pack2<BF>(s4[2 * ks][0], s4[2 * ks][1]);
+        pa[ks][1] = cuda_pack2<BF>(s4[2 * ks][2], s4[2 * ks][3]);
+        pa[ks][2] = cuda_pack2<BF>(s4[2 * ks + 1][0], s4[2 * ks + 1][1]);
+        pa[ks][3] = cuda_pack2<BF>(s4[2 * ks + 1][2], s4[2 * ks + 1][3]);
+    }
+}
+
+#endif // FA3C_CUDA_SM90_TILE_CUH
