@@ -13,11 +13,11 @@
 //             streams NST stages of K and V rows (BN = 64 keys) with bulk tensor copies, or
 //             cp.async gathers for pages the copy engine cannot take and the tail tile;
 //   softmax   (warpgroup 1) S = [q | qv] [K | V]^T (wgmma from shared memory), the online
-//             softmax in registers, O[:, :dv/2] += P V with P from registers; it hands P (rounded
-//             to the input dtype) and the rows' rescale factors to warpgroup 2 through shared
-//             memory. S of tile t is issued with P.V of tile t - 1, as in cuda_attn_sm90.cu;
-//   second    (warpgroup 2) O[:, dv/2:] += P V with both operands in shared memory.
-// A stage is refilled once both consumers released it; the P buffer once warpgroup 2 read it.
+//             softmax in registers; P (rounded to the input dtype) and the rows' rescale factors go
+//             to shared memory;
+//   both      (warpgroups 1 and 2) then rescale their half of O's columns and add P V, both
+//             operands from shared memory; warpgroup 2's P.V runs under warpgroup 1's next S.
+// A stage is refilled once both consumers released it; the P buffer once both read it.
 //
 // Shapes: q (b, s_q, h, d) / (total_q, h, d); qv (b, s_q, h, dv) / (total_q, h, dv); k (cache
 // rows, h_k, d), v (cache rows, h_k, dv); out (b, s_q, h, dv) / (total_q, h, dv); lse and split
@@ -49,8 +49,8 @@ __host__ __device__ constexpr size_t mla_smem_bytes(int dv) {
     return (size_t)mla_off_bars(dv) + (3 + 2 * mla_stages(dv)) * 8 + 1024;
 }
 
-// Warpgroup 1 stores P (its scores after the softmax, as A fragments) into the K-major 64 x 64
-// tile at sP: row r, keys 8j .. 8j + 7 are chunk j ^ (r % 8) of row r.
+// Warpgroup 1 stores P (its scores after the softmax, as m16n8k16 A fragments) into the K-major
+// 64 x 64 tile at sP: row r, keys 8j .. 8j + 7 are chunk j ^ (r % 8) of row r.
 __device__ __forceinline__ void mla_store_p(uint8_t *sP, const uint32_t (&pa)[MLA_BN / 16][4], int r0, int lane) {
 #pragma unroll
     for (int ks = 0; ks < MLA_BN / 16; ks++)
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             sm90_mbar_init(empty + 8 * s, 8);  // one arrival per consumer warp
         }
         sm90_mbar_init(p_full, 128); // every thread of warpgroup 1
-        sm90_mbar_init(p_empty, 4);  // one arrival per warp of warpgroup 2
+        sm90_mbar_init(p_empty, 8);  // one arrival per consumer warp
     }
     __syncthreads();
 
@@ -159,51 +159,57 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     float (&o4)[HALF / 8][4] = *reinterpret_cast<float (*)[HALF / 8][4]>(&o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-    if (cwg == 0) { // ------------------------------------------------- warpgroup 1: S, softmax
-        int flo, fhi;
-        attn_warp_keys<2>(rvalid, rlo, rhi, &flo, &fhi);
-        float s[BN / 2];
-        float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
-        uint32_t pa[BN / 16][4]; // P_{t-1}: the A fragments of this warpgroup's P.V
-        float corr[2];
-        if (n_tiles > 0) sm90_mbar_wait(full_q, 0);
-        for (int t = 0; t < n_tiles; t++) {
-            const int st = t % NST, pst = (t + NST - 1) % NST;
-            sm90_mbar_wait(full + 8 * st, (uint32_t)(t / NST) & 1);
+    // Tile t: warpgroup 1 computes S_t, its softmax and P_t, and hands P_t and the rescale factors
+    // over (p_full); then both warpgroups rescale their O columns and add P_t V_t with P from
+    // shared memory. Warpgroup 1 writes P_{t+1} only once both are done reading P_t (p_empty), so
+    // its S_{t+1} and softmax run under warpgroup 2's P.V. Both warpgroups run one code path for
+    // P.V, and only warpgroup 1's S GEMM sits in a branch: ptxas then keeps the wgmma pipelined.
+    int flo = 0, fhi = 0;
+    if (cwg == 0) attn_warp_keys<2>(rvalid, rlo, rhi, &flo, &fhi);
+    if (n_tiles > 0 && cwg == 0) sm90_mbar_wait(full_q, 0);
+    for (int t = 0; t < n_tiles; t++) {
+        const int st = t % NST;
+        const uint32_t ph = (uint32_t)(t / NST) & 1;
+        sm90_mbar_wait(full + 8 * st, ph);
+        if (cwg == 0) {
+            float s[BN / 2];
+            float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
             sm90_wgmma_fence();
             sm90_qk<MLA_D + DV, BM, BN, BF>(s, sQ, sKV + st * STAGE);
             sm90_wgmma_commit();
-            if (t > 0) {
-                sm90_pv<HALF, BN, BF>(o, pa, sKV + pst * STAGE + BN * 128);
-                sm90_wgmma_commit();
-                sm90_wgmma_wait<1>();
-            } else {
-                sm90_wgmma_wait<0>();
-            }
+            sm90_wgmma_wait<0>();
             sm90_fence_regs(s);
             const int k0 = kmin + t * BN;
+            float corr[2];
             attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, 1.0f);
-            if (t > 0) {
-                sm90_wgmma_wait<0>();
-                sm90_fence_regs(o);
-                __syncwarp();
-                if (lane == 0) sm90_mbar_arrive(empty + 8 * pst);
-                attn_rescale<HALF / 8>(o4, corr);
-            }
+            uint32_t pa[BN / 16][4];
             sm90_pack_p<BN, BF>(s4, pa);
-            sm90_mbar_wait(p_empty, (uint32_t)(t & 1) ^ 1); // warpgroup 2 is done with P_{t-1}
+            sm90_mbar_wait(p_empty, (uint32_t)(t & 1) ^ 1); // both warpgroups are done with P_{t-1}
             mla_store_p(sPg, pa, r0, lane);
             if ((lane & 3) == 0) sCorr[r0] = corr[0], sCorr[r0 + 8] = corr[1];
             sm90_fence_async_smem();
             sm90_mbar_arrive(p_full);
         }
-        if (n_tiles > 0) { // O += P V of the last tile
-            sm90_wgmma_fence();
-            sm90_pv<HALF, BN, BF>(o, pa, sKV + ((n_tiles - 1) % NST) * STAGE + BN * 128);
-            sm90_wgmma_commit();
-            sm90_wgmma_wait<0>();
-            sm90_fence_regs(o);
+        sm90_mbar_wait(p_full, (uint32_t)t & 1);
+        const float corr[2] = {sCorr[r0], sCorr[r0 + 8]};
+        attn_rescale<HALF / 8>(o4, corr);
+        sm90_fence_regs(o);
+        sm90_wgmma_fence();
+        const uint32_t v_base = sKV + st * STAGE + BN * 128 + cwg * (HALF / 64) * BN * 128;
+#pragma unroll
+        for (int ks = 0; ks < BN / 16; ks++)
+            sm90_wgmma_ss<BF, HALF, 1>(o, sm90_desc(sP + ks * 32, 16, 1024),
+                                       sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
+        sm90_wgmma_commit();
+        sm90_wgmma_wait<0>();
+        sm90_fence_regs(o);
+        __syncwarp();
+        if (lane == 0) {
+            sm90_mbar_arrive(p_empty);
+            sm90_mbar_arrive(empty + 8 * st);
         }
+    }
+    if (cwg == 0) { // the row states, for warpgroup 2's rows
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
@@ -213,30 +219,9 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             sM[r0] = m[0], sM[r0 + 8] = m[1];
             sL[r0] = l[0], sL[r0 + 8] = l[1];
         }
-        sm90_named_sync(2, 256);
-    } else { // -------------------------------------------------- warpgroup 2: the other P.V half
-        for (int t = 0; t < n_tiles; t++) {
-            const int st = t % NST;
-            sm90_mbar_wait(p_full, (uint32_t)t & 1);
-            const float corr[2] = {sCorr[r0], sCorr[r0 + 8]};
-            attn_rescale<HALF / 8>(o4, corr);
-            sm90_mbar_wait(full + 8 * st, (uint32_t)(t / NST) & 1); // (complete: warpgroup 1 used it)
-            sm90_wgmma_fence();
-            const uint32_t v_base = sKV + st * STAGE + BN * 128 + (HALF / 64) * BN * 128;
-#pragma unroll
-            for (int ks = 0; ks < BN / 16; ks++)
-                sm90_wgmma_ss<BF, HALF, 1>(o, sm90_desc(sP + ks * 32, 16, 1024),
-                                           sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
-            sm90_wgmma_commit();
-            sm90_wgmma_wait<0>();
-            sm90_fence_regs(o);
-            __syncwarp();
-            if (lane == 0) {
-                sm90_mbar_arrive(p_empty);
-                sm90_mbar_arrive(empty + 8 * st);
-            }
-        }
-        sm90_named_sync(2, 256);
+    }
+    sm90_named_sync(2, 256);
+    if (cwg == 1) {
 #pragma unroll
         for (int e = 0; e < 2; e++) m[e] = sM[r0 + 8 * e], l[e] = sL[r0 + 8 * e];
     }

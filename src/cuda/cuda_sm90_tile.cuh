@@ -23,7 +23,7 @@ template <int HD, int BM>
 __device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
                                             int64_t sb, int64_t sr, int64_t sh, int width, int bi, int head, int hk,
                                             int g, int row0, int rows, uint32_t dst, int ptid) {
-    constexpr int CPR = HD / 8, UNROLL = HD > 256 ? 2 : 4; // as in sm90_load_kv
+    constexpr int CPR = HD / 8, UNROLL = HD >= 256 ? 2 : 4; // as in sm90_load_kv
 #pragma unroll UNROLL
     for (int idx = ptid; idx < BM * CPR; idx += 128) {
         int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
@@ -43,7 +43,7 @@ template <int HD, int BN>
 __device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
                                              int64_t sb, int64_t sr, int width, int k0, int kmax,
                                              const int32_t *pages, uint32_t dst, int ptid) {
-    constexpr int CPR = HD / 8, UNROLL = HD > 256 ? 2 : 4; // (MLA's 512-wide V: the producer's 56 registers)
+    constexpr int CPR = HD / 8, UNROLL = HD >= 256 ? 2 : 4; // (wide rows: the producer has 56 registers)
 #pragma unroll UNROLL
     for (int idx = ptid; idx < BN * CPR; idx += 128) {
         int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
