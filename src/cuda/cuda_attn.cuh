@@ -447,14 +447,14 @@ __device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq
 }
 
 // One finished row (token tok, head hq): out and lse, or split `split`'s partial. o (2,) columns
-// col, col + 1 (unnormalised), m in log2 units. cols: 2 (a column pair) or 1. poison: the
-// metadata check failed, out and lse get NaN.
+// col, col + 1 (unnormalised; times o_scale, the e4m3 v descale, else 1), m in log2 units. cols:
+// 2 (a column pair) or 1. poison: the metadata check failed, out and lse get NaN.
 template <int BF>
 __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi, int64_t tok, int hq, int split,
-                                               int col, int cols, const float *o, float m, float l, bool write_lse,
-                                               bool poison) {
+                                               int col, int cols, const float *o, float m, float l, float o_scale,
+                                               bool write_lse, bool poison) {
     float lse = l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float inv = l > 0.0f ? o_scale / l : 0.0f;
     if (poison && p.num_splits == 1) lse = inv = NAN;
     if (p.num_splits > 1) {
         float *dst = p.oacc + split * p.oa_ss + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col;
@@ -470,13 +470,13 @@ __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi
 }
 
 // The finished rows e = 0, 1 of one m16 tile (as in attn_softmax_scores; l summed over the 4 lanes
-// of a row) holding output columns col0 .. col0 + 8 OT - 1: the sink folded in (sink), then out
-// and lse (when with_lse), or the slot's partial, of valid rows.
+// of a row) holding output columns col0 .. col0 + 8 OT - 1 (times o_scale): the sink folded in
+// (sink), then out and lse (when with_lse), or the slot's partial, of valid rows.
 template <int BF, int OT>
 __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int bi, int q_offset, int split,
                                                 const bool *valid, const int *tok, const int *hq, float (&o)[OT][4],
-                                                float *m, float *l, bool sink, bool poison, int lane, int col0,
-                                                bool with_lse) {
+                                                float *m, float *l, float o_scale, bool sink, bool poison, int lane,
+                                                int col0, bool with_lse) {
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
         const int h2 = 2 * ri;
@@ -494,7 +494,7 @@ __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int b
             int col = col0 + ot * 8 + 2 * (lane & 3);
             if (col < p.dv)
                 attn_store_row<BF>(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, col, 2, &o[ot][h2], m[ri], l[ri],
-                                   with_lse && ot == 0 && (lane & 3) == 0, poison);
+                                   o_scale, with_lse && ot == 0 && (lane & 3) == 0, poison);
         }
     }
 }
@@ -774,16 +774,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     if constexpr (!WSPLIT) {
         if (!warp_active) return;
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            if constexpr (FP8) {
-#pragma unroll
-                for (int ot = 0; ot < OTILES; ot++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) oacc[mt][ot][e] *= v_ds;
-            }
+        for (int mt = 0; mt < MT; mt++)
             attn_store_tile<OBF, OTILES>(p, bi, sl.q_offset, split, &rvalid[2 * mt], &rtok[2 * mt], &rhq[2 * mt],
-                                         oacc[mt], &m[2 * mt], &l[2 * mt], sink, poison, lane, 0, true);
-        }
+                                         oacc[mt], &m[2 * mt], &l[2 * mt], v_ds, sink, poison, lane, 0, true);
     } else {
         // Merge the 4 warps' states of the 16 rows (each saw a quarter of every key tile) in the
         // K/V stages, then each thread finishes some (row, column) elements.
@@ -818,9 +811,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                 o += sO[(w * 16 + row) * DV + col] * c;
             }
             attn_row(p, R, g, head, hk, &i, &hq);
-            o *= v_ds;
             if (sink) o *= attn_add_sink(p, hq, &M, &L);
-            attn_store_row<OBF>(p, bi, sl.q_offset + i, hq, split, col, 1, &o, M, L, col == 0, poison);
+            attn_store_row<OBF>(p, bi, sl.q_offset + i, hq, split, col, 1, &o, M, L, v_ds, col == 0, poison);
         }
         if (p.counts) attn_combine_slots<OBF, DV>(p, sl, bi, head, hk, g, row0, rows, m_block, poison, (float *)sK, tid);
     }

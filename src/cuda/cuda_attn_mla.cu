@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
 #pragma unroll
         for (int e = 0; e < 2; e++) m[e] = sM[r0 + 8 * e], l[e] = sL[r0 + 8 * e];
     }
-    attn_store_tile<BF, HALF / 8>(p, bi, sl.q_offset, split, rvalid, rtok, rhq, o4, m, l, p.sinks && split == 0,
+    attn_store_tile<BF, HALF / 8>(p, bi, sl.q_offset, split, rvalid, rtok, rhq, o4, m, l, 1.0f, p.sinks && split == 0,
                                   poison, lane, cwg * HALF, cwg == 0);
 #endif
 }

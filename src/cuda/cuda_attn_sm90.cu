@@ -1,6 +1,6 @@
 // The Hopper attention forward (sm_90a): wgmma tensor cores fed by a producer warpgroup, for
 // prefill-shaped work (more than 16 packed query rows a sequence) with d = dv = 64, 128 or 256,
-// fp16 and bf16. Everything else stays on the mma.sync kernels (cuda_attn.cuh), which also serve every
+// fp16, bf16 and e4m3 (see below). Everything else stays on the mma.sync kernels (cuda_attn.cuh), which also serve every
 // other GPU; this kernel takes all of their run-time features but q rotary: masks, softcap, sinks,
 // paging with any page size, varlen, pack-GQA, split slots (exact or pieces).
 //
@@ -17,6 +17,11 @@
 //              memory (B operand MN-major, so V needs no transpose). S of tile t is issued with
 //              P.V of tile t - 1, so a warpgroup's softmax runs under its own P.V; the two
 //              warpgroups run independently, so one's softmax also overlaps the other's wgmma.
+// e4m3 inputs (BF = 2): the producer copies e4m3 rows into staging buffers (bulk tensor copies,
+// or cp.async gathers as above) and converts them -- exactly -- into the fp16 tiles the consumers
+// read (Q once, synchronously), so
+// the GEMMs run in fp16 with fp32 accumulation and P stays fp16; q * k descales scale the scores,
+// the v descale O, and the output is bf16.
 //
 // Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
@@ -30,36 +35,138 @@ __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 
 // K/V stages: as many as fit beside the Q tile in 227 KB.
 __host__ __device__ constexpr int sm90_stages(int hd) { return hd <= 64 ? 4 : 2; }
 
-// Byte offsets in the (1024-aligned) shared memory: Q, K stages, V stages, 2 rows of page ids,
-// then the mbarriers (full Q; full K, full V, empty K, empty V per stage).
+// e4m3 staging buffers (a K and a V tile of rows as in memory): two where they fit beside the
+// fp16 stages, so that the gathers of tile t + 1 fly while tile t is converted; one for d = 256.
+__host__ __device__ constexpr int sm90_staging(int hd, int fp8) { return fp8 ? (hd <= 128 ? 2 : 1) : 0; }
+
+// Byte offsets in the (1024-aligned) shared memory: Q, K stages, V stages, e4m3 staging, 2 rows
+// of page ids, then the mbarriers (full Q; full K, full V, empty K, empty V per stage; full per
+// staging buffer).
 __host__ __device__ constexpr int sm90_tile_bytes(int rows, int hd) { return rows * hd * 2; }
 __host__ __device__ constexpr int sm90_off_k(int hd) { return sm90_tile_bytes(SM90_BM, hd); }
 __host__ __device__ constexpr int sm90_off_v(int hd) {
     return sm90_off_k(hd) + sm90_stages(hd) * sm90_tile_bytes(sm90_block_n(hd), hd);
 }
-__host__ __device__ constexpr int sm90_off_pages(int hd) {
+__host__ __device__ constexpr int sm90_off_staging(int hd) {
     return sm90_off_v(hd) + sm90_stages(hd) * sm90_tile_bytes(sm90_block_n(hd), hd);
 }
-__host__ __device__ constexpr int sm90_off_bars(int hd) { return sm90_off_pages(hd) + 2 * sm90_block_n(hd) * 4; }
+__host__ __device__ constexpr int sm90_off_pages(int hd, int fp8) {
+    return sm90_off_staging(hd) + sm90_staging(hd, fp8) * 2 * sm90_block_n(hd) * hd;
+}
+__host__ __device__ constexpr int sm90_off_bars(int hd, int fp8) {
+    return sm90_off_pages(hd, fp8) + 2 * sm90_block_n(hd) * 4;
+}
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
-__host__ __device__ constexpr size_t sm90_smem_bytes(int hd) {
-    return (size_t)sm90_off_bars(hd) + (1 + 4 * sm90_stages(hd)) * 8 + 1024;
+// d 128 e4m3: 231,496 bytes of the 232,448 an H100 block may have.
+__host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8) {
+    return (size_t)sm90_off_bars(hd, fp8) + (1 + 4 * sm90_stages(hd) + sm90_staging(hd, fp8)) * 8 + 1024;
 }
 
+// 16 e4m3 values (chunk c of an e4m3 row) -> fp16 chunks 2c and 2c + 1 of row r of a swizzled
+// 16-bit tile of `rows` rows (generic address `tile`).
+__device__ __forceinline__ void sm90_store_e4m3x16(uint8_t *tile, int r, int c, int rows, uint4 raw) {
+    const uint16_t *x = (const uint16_t *)&raw;
+    uint32_t y[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) y[i] = attn_e4m3x2_to_f16x2(x[i]);
+    *(uint4 *)(tile + sm90_swizzle(r, 2 * c, rows)) = make_uint4(y[0], y[1], y[2], y[3]);
+    *(uint4 *)(tile + sm90_swizzle(r, 2 * c + 1, rows)) = make_uint4(y[4], y[5], y[6], y[7]);
+}
+
+// Producer, e4m3: the Q tile converted to fp16 (rows >= rows, columns >= d zero).
+template <int HD, int BM>
+__device__ __forceinline__ void sm90_load_q_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
+                                                 int hk, int g, int row0, int rows, uint8_t *sQ, int ptid) {
+    constexpr int CPR = HD / 16;
+    for (int idx = ptid; idx < BM * CPR; idx += 128) {
+        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
+        uint4 raw = make_uint4(0, 0, 0, 0);
+        if (R < rows && c * 16 < p.d) {
+            attn_row(p, R, g, head, hk, &i, &hq);
+            raw = *(const uint4 *)((const uint8_t *)p.q + (int64_t)bi * p.q_sb + (int64_t)(sl.q_offset + i) * p.q_sr +
+                                   (int64_t)hq * p.q_sh + c * 16);
+        }
+        sm90_store_e4m3x16(sQ, r, c, BM, raw);
+    }
+}
+
+// Producer, e4m3: K or V rows of keys k0 .. k0 + BN - 1 into dst[BN][HD] (unswizzled; rows >=
+// kmax, columns >= width zero-filled). base, sb, sr: the tensor at the head and its strides.
+template <int HD, int BN>
+__device__ __forceinline__ void sm90_gather_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, const uint8_t *base,
+                                                 int64_t sb, int64_t sr, int width, int k0, int kmax,
+                                                 const int32_t *pages, uint8_t *dst, int ptid) {
+    constexpr int CPR = HD / 16;
+#pragma unroll 2
+    for (int idx = ptid; idx < BN * CPR; idx += 128) {
+        int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
+        bool v = j < kmax;
+        attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
+        v = v && c * 16 < width;
+        const uint8_t *src = v ? base + (int64_t)x * sb + (int64_t)y * sr + c * 16 : base;
+        cuda_cp_async16(cuda_smem_addr(dst + rr * HD + c * 16), src, v);
+    }
+}
+
+// Producer, e4m3: a staged tile (BN x HD e4m3) -> the swizzled fp16 tile.
+template <int HD, int BN>
+__device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
+    constexpr int CPR = HD / 16;
+#pragma unroll 2
+    for (int idx = ptid; idx < BN * CPR; idx += 128) {
+        const int r = idx / CPR, c = idx % CPR;
+        sm90_store_e4m3x16(tile, r, c, BN, *(const uint4 *)(src + r * HD + c * 16));
+    }
+}
+
+// Producer, e4m3: the page ids and the K and V rows of tile u into staging buffer `buf` (K rows,
+// then V rows, HD bytes each), completing `full` with one arrival per producer thread: bulk
+// tensor copies of whole boxes (runs of box rows, as for 16-bit tiles), else cp.async gathers.
+template <int HD, int BN>
+__device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, const cuda_tma &tma,
+                                                int hk, int kmin, int kmax, int u, int32_t *sPage, uint8_t *buf,
+                                                uint32_t full, int ptid) {
+    const int k0 = kmin + u * BN;
+    int32_t *pages = sPage + (u & 1) * BN;
+    if (p.page_table) sm90_stage_pages<BN>(p, sl, k0, kmax, pages, ptid);
+    if (!(tma.on && k0 + BN <= kmax)) {
+        const uint8_t *kb = (const uint8_t *)p.k + (int64_t)hk * p.k_sh;
+        const uint8_t *vb = (const uint8_t *)p.v + (int64_t)hk * p.v_sh;
+        sm90_gather_e4m3<HD, BN>(p, sl, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, buf, ptid);
+        sm90_gather_e4m3<HD, BN>(p, sl, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, buf + BN * HD, ptid);
+        sm90_mbar_arrive_cp_async(full);
+        return;
+    }
+    const int box = tma.paged_rows ? tma.paged_rows : BN;
+    int c[3] = {0, 0, 0};
+    if (ptid < BN / box) sm90_run_coords(p, sl, tma, pages, k0, ptid * box, hk, c);
+    if (ptid == 0) sm90_mbar_arrive_tx(full, 2 * BN * HD);
+    else sm90_mbar_arrive(full);
+    __syncwarp();
+    if (ptid < BN / box) {
+        const uint32_t dst = cuda_smem_addr(buf) + ptid * box * HD;
+        sm90_tma_load_4d(dst, &tma.k, 0, c[0], c[1], c[2], full);
+        sm90_tma_load_4d(dst + BN * HD, &tma.v, 0, c[0], c[1], c[2], full);
+    }
+}
+
+// BF: 1 bf16, 0 fp16, 2 e4m3 (fp16 GEMMs, bf16 out).
 template <int HD, int BF>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
 #if FA3C_SM90A
     constexpr int NST = sm90_stages(HD), DV = HD, BM = SM90_BM, BN = sm90_block_n(HD);
+    constexpr int FP8 = BF == 2, CBF = FP8 ? 0 : BF, OBF = FP8 ? 1 : BF, STG = sm90_staging(HD, FP8);
     extern __shared__ uint8_t sm90_smem_raw[];
     const uint32_t smem = (cuda_smem_addr(sm90_smem_raw) + 1023) & ~1023u;
     uint8_t *smem_gen = sm90_smem_raw + (smem - cuda_smem_addr(sm90_smem_raw));
     const uint32_t sQ = smem, sK = smem + sm90_off_k(HD), sV = smem + sm90_off_v(HD);
-    int32_t *sPage = (int32_t *)(smem_gen + sm90_off_pages(HD));
-    const uint32_t bar = smem + sm90_off_bars(HD);
-    // mbarriers: [full Q][full K x NST][full V x NST][empty K x NST][empty V x NST], 8 bytes each.
+    int32_t *sPage = (int32_t *)(smem_gen + sm90_off_pages(HD, FP8));
+    const uint32_t bar = smem + sm90_off_bars(HD, FP8);
+    // mbarriers: [full Q][full K x NST][full V x NST][empty K x NST][empty V x NST][full staging x
+    // STG], 8 bytes each.
     const uint32_t full_q = bar, full_k = bar + 8, full_v = full_k + 8 * NST, empty_k = full_v + 8 * NST,
-                   empty_v = empty_k + 8 * NST;
+                   empty_v = empty_k + 8 * NST, full_stg = empty_v + 8 * NST;
 
     const int tid = threadIdx.x, lane = tid & 31;
     int bi, head, split, m_block;
@@ -93,6 +200,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             sm90_mbar_init(empty_k + 8 * s, 8); // one arrival per consumer warp
             sm90_mbar_init(empty_v + 8 * s, 8);
         }
+        for (int s = 0; s < STG; s++) sm90_mbar_init(full_stg + 8 * s, 128);
     }
     __syncthreads();
 
@@ -100,6 +208,37 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         sm90_regs_dec<SM90_PRODUCER_REGS>();
         if (n_tiles == 0) return;
         const int ptid = tid;
+        if constexpr (FP8) {
+            // Tile t: its rows arrive in staging buffer t % STG (issued STG - 1 iterations earlier;
+            // with one buffer, in this iteration) and are converted into stage t % NST once the
+            // consumers released it.
+            sm90_load_q_e4m3<HD, BM>(p, sl, bi, head, hk, g, row0, rows, smem_gen, ptid);
+            sm90_fence_async_smem();
+            sm90_mbar_arrive(full_q);
+            uint8_t *stg = smem_gen + sm90_off_staging(HD);
+            constexpr int SB = 2 * BN * HD; // bytes of one staging buffer (K then V)
+            if (STG == 2) sm90_stage_e4m3<HD, BN>(p, sl, tma, hk, kmin, kmax, 0, sPage, stg, full_stg, ptid);
+            for (int t = 0; t < n_tiles; t++) {
+                const int st = t % NST, u = t + STG - 1;
+                const uint32_t ph = (uint32_t)(t / NST) & 1;
+                if (u < n_tiles)
+                    sm90_stage_e4m3<HD, BN>(p, sl, tma, hk, kmin, kmax, u, sPage, stg + (u % STG) * SB,
+                                            full_stg + 8 * (u % STG), ptid);
+                sm90_mbar_wait(full_stg + 8 * (t % STG), (uint32_t)(t / STG) & 1);
+                const uint8_t *src = stg + (t % STG) * SB;
+                sm90_mbar_wait(empty_k + 8 * st, ph ^ 1);
+                sm90_convert_e4m3<HD, BN>(src, smem_gen + sm90_off_k(HD) + st * sm90_tile_bytes(BN, HD), ptid);
+                sm90_mbar_wait(empty_v + 8 * st, ph ^ 1);
+                sm90_convert_e4m3<HD, BN>(src + BN * HD, smem_gen + sm90_off_v(HD) + st * sm90_tile_bytes(BN, DV),
+                                          ptid);
+                sm90_fence_async_smem();
+                sm90_mbar_arrive(full_k + 8 * st);
+                sm90_mbar_arrive(full_v + 8 * st);
+                sm90_named_sync(1, 128); // staging buffer t % STG is read before tile t + STG refills it
+            }
+            cuda_cp_async_wait_all();
+            return;
+        }
         if (!tma.q_on) {
             sm90_load_q<HD, BM>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows, sQ,
                                 ptid);
@@ -158,6 +297,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     for (int i = 0; i < DV / 2; i++) o[i] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     float (&o4)[DV / 8][4] = *reinterpret_cast<float (*)[DV / 8][4]>(&o);
+    const float qk_ds = FP8 ? cuda_descale(p.q_ds, p.qd_sb, p.qd_sh, bi, hk) * cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, bi, hk)
+                            : 1.0f;
 
     // Tile t: S_t = Q K_t^T is issued together with O += P_{t-1} V_{t-1}; the softmax of S_t runs
     // while the tensor cores still work on P.V, and O is rescaled once that is done.
@@ -172,11 +313,11 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         const uint32_t ph = (uint32_t)(t / NST) & 1, pph = (uint32_t)((t - 1) / NST) & 1;
         sm90_mbar_wait(full_k + 8 * st, ph);
         sm90_wgmma_fence();
-        sm90_qk<HD, BM, BN, BF>(s, q_base, sK + st * sm90_tile_bytes(BN, HD));
+        sm90_qk<HD, BM, BN, CBF>(s, q_base, sK + st * sm90_tile_bytes(BN, HD));
         sm90_wgmma_commit();
         if (t > 0) {
             sm90_mbar_wait(full_v + 8 * pst, pph);
-            sm90_pv<DV, BN, BF>(o, pa, sV + pst * sm90_tile_bytes(BN, DV));
+            sm90_pv<DV, BN, CBF>(o, pa, sV + pst * sm90_tile_bytes(BN, DV));
             sm90_wgmma_commit();
             sm90_wgmma_wait<1>();
         } else {
@@ -187,7 +328,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         if (lane == 0) sm90_mbar_arrive(empty_k + 8 * st);
 
         const int k0 = kmin + t * BN;
-        attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, 1.0f);
+        attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
         if (t > 0) {
             sm90_wgmma_wait<0>();
             sm90_fence_regs(o);
@@ -195,13 +336,13 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             if (lane == 0) sm90_mbar_arrive(empty_v + 8 * pst);
             attn_rescale<DV / 8>(o4, corr);
         }
-        sm90_pack_p<BN, BF>(s4, pa);
+        sm90_pack_p<BN, CBF>(s4, pa);
     }
     if (n_tiles > 0) { // O += P V of the last tile
         const int st = (n_tiles - 1) % NST;
         sm90_mbar_wait(full_v + 8 * st, (uint32_t)((n_tiles - 1) / NST) & 1);
         sm90_wgmma_fence();
-        sm90_pv<DV, BN, BF>(o, pa, sV + st * sm90_tile_bytes(BN, DV));
+        sm90_pv<DV, BN, CBF>(o, pa, sV + st * sm90_tile_bytes(BN, DV));
         sm90_wgmma_commit();
         sm90_wgmma_wait<0>();
         sm90_fence_regs(o);
@@ -212,8 +353,9 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
         l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
     }
-    attn_store_tile<BF, DV / 8>(p, bi, sl.q_offset, split, rvalid, rtok, rhq, o4, m, l, p.sinks && split == 0, poison,
-                                lane, 0, true);
+    const float v_ds = FP8 ? cuda_descale(p.v_ds, p.vd_sb, p.vd_sh, bi, hk) : 1.0f;
+    attn_store_tile<OBF, DV / 8>(p, bi, sl.q_offset, split, rvalid, rtok, rhq, o4, m, l, v_ds, p.sinks && split == 0,
+                                 poison, lane, 0, true);
 #endif
 }
 
@@ -221,23 +363,23 @@ template <int HD, int BF>
 static cudaError_t sm90_launch(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream) {
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
-    attn_sm90_kernel<HD, BF><<<(unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD), stream>>>(*p, *tma);
+    attn_sm90_kernel<HD, BF><<<(unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD, BF == 2), stream>>>(*p, *tma);
     return cudaGetLastError();
 }
 
 template <int HD, int BF> static cudaError_t sm90_prepare(void) {
     return cudaFuncSetAttribute((const void *)attn_sm90_kernel<HD, BF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)sm90_smem_bytes(HD));
+                                (int)sm90_smem_bytes(HD, BF == 2));
 }
 
 template <int HD, int BF> static cudaError_t sm90_occupancy(int *ctas_per_sm) {
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, attn_sm90_kernel<HD, BF>, SM90_THREADS,
-                                                         sm90_smem_bytes(HD));
+                                                         sm90_smem_bytes(HD, BF == 2));
 }
 
 #define SM90_KERNEL(HD, BF, NAME)                                                                                     \
-    {HD, HD, BF, 0, 0, 1, 0, NAME, sm90_smem_bytes(HD), SM90_BM, sm90_block_n(HD), sm90_launch<HD, BF>, sm90_prepare<HD, BF>,\
-     sm90_occupancy<HD, BF>}
+    {HD, HD, BF == 1, BF == 2, 0, 1, 0, NAME, sm90_smem_bytes(HD, BF == 2), SM90_BM, sm90_block_n(HD),                \
+     sm90_launch<HD, BF>, sm90_prepare<HD, BF>, sm90_occupancy<HD, BF>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
     SM90_KERNEL(64, 1, "wgmma_sm90_d64_bf16"),
@@ -246,4 +388,7 @@ extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
     SM90_KERNEL(128, 0, "wgmma_sm90_d128_f16"),
     SM90_KERNEL(256, 1, "wgmma_sm90_d256_bf16"),
     SM90_KERNEL(256, 0, "wgmma_sm90_d256_f16"),
+    SM90_KERNEL(64, 2, "wgmma_sm90_d64_e4m3"),
+    SM90_KERNEL(128, 2, "wgmma_sm90_d128_e4m3"),
+    SM90_KERNEL(256, 2, "wgmma_sm90_d256_e4m3"),
 };

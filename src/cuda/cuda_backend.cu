@@ -47,16 +47,21 @@ static const cuda_attn_kernel *const kernel_groups[] = {
     fa3c_cuda_attn_d64,  fa3c_cuda_attn_d96,  fa3c_cuda_attn_d128, fa3c_cuda_attn_d192,
     fa3c_cuda_attn_d256, fa3c_cuda_attn_sm90, fa3c_cuda_attn_e4m3, fa3c_cuda_attn_mla,
 };
-static const int kernel_group_size[] = {
+static constexpr int kernel_group_size[] = {
     CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET,
     2 * CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_KERNELS_PER_BUCKET, CUDA_ATTN_SM90_KERNELS, CUDA_ATTN_E4M3_KERNELS,
     CUDA_ATTN_MLA_KERNELS,
 };
 #define KERNEL_GROUPS ((int)(sizeof kernel_groups / sizeof kernel_groups[0]))
 
-// Kernel id = group * 8 + index within the group.
+// Kernel id = group * KERNEL_GROUP_MAX + index within the group.
+#define KERNEL_GROUP_MAX 16
+static constexpr bool kernel_groups_fit(int gi) {
+    return gi == KERNEL_GROUPS || (kernel_group_size[gi] <= KERNEL_GROUP_MAX && kernel_groups_fit(gi + 1));
+}
+static_assert(kernel_groups_fit(0), "a kernel group larger than KERNEL_GROUP_MAX would alias the next group's ids");
 static const cuda_attn_kernel *kernel_by_id(int32_t id) {
-    int gi = id / 8, ki = id % 8;
+    int gi = id / KERNEL_GROUP_MAX, ki = id % KERNEL_GROUP_MAX;
     if (id < 0 || gi >= KERNEL_GROUPS || ki >= kernel_group_size[gi]) return NULL;
     return &kernel_groups[gi][ki];
 }
@@ -67,7 +72,7 @@ static int32_t kernel_find(int hd, int dv, int bf16, int e4m3, int decode, int s
             const cuda_attn_kernel *k = &kernel_groups[gi][ki];
             if (k->hd == hd && k->dv == dv && k->bf16 == bf16 && k->e4m3 == e4m3 && k->decode == decode &&
                 k->sm90 == sm90 && k->qv == qv)
-                return gi * 8 + ki;
+                return gi * KERNEL_GROUP_MAX + ki;
         }
     return -1;
 }
@@ -121,7 +126,7 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     FA3C_TRY(split_mode_from_env(&split_mode));
     FA3C_TRY(sm90_from_env(&sm90));
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
-    int *occ = (int *)calloc((size_t)KERNEL_GROUPS * 8, sizeof(int));
+    int *occ = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
     if (!st || !occ) {
         free(st);
         free(occ);
@@ -152,7 +157,7 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
             const cuda_attn_kernel *k = &kernel_groups[gi][ki];
             if (k->smem > st->smem_optin || (k->sm90 && !st->sm90)) continue;
             cudaError_t err = k->prepare();
-            if (err == cudaSuccess) err = k->occupancy(&occ[gi * 8 + ki]);
+            if (err == cudaSuccess) err = k->occupancy(&occ[gi * KERNEL_GROUP_MAX + ki]);
             if (err != cudaSuccess) {
                 state_free(st);
                 return cuda_fail(err, k->name);
@@ -279,15 +284,15 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
         if (e4m3 && (p->dv != p->d || hd == 96 || hd == 192 || p->d % 16 || p->has_rotary)) return NULL;
         // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the
         // keys. More rows run the wgmma kernel where it exists (Hopper; d = dv = 64, 128 or 256; no q
-        // rotary) unless its producer would gather every K/V tile with cp.async (a paged cache whose
-        // page size is not a power of two >= 16), which the mma.sync kernel does faster (H100, d 128,
-        // 4k causal: 174 vs 139 TFLOP/s at page size 1); with FA3C_CUDA_TMA=0 it gathers anyway (a
-        // test mode).
+        // rotary) unless its producer would gather every 16-bit K/V tile with cp.async (a paged cache
+        // whose page size is not a power of two >= 16), which the mma.sync kernel does faster (H100,
+        // d 128, 4k causal: 174 vs 139 TFLOP/s at page size 1); with FA3C_CUDA_TMA=0 it gathers anyway
+        // (a test mode). e4m3 tiles are always gathered (and converted) by its producer.
         const int decode = rows_per_seq <= 16;
         const bool bulk_pages =
             !p->paged || !st->tma_encode || (p->page_size >= 16 && !(p->page_size & (p->page_size - 1)));
-        if (st->sm90 && !e4m3 && !decode && !p->has_rotary && dvb == hd && bulk_pages)
-            id = kernel_find((int)hd, (int)dvb, bf16, 0, 0, 1, 0);
+        if (st->sm90 && !decode && !p->has_rotary && dvb == hd && (bulk_pages || e4m3))
+            id = kernel_find((int)hd, (int)dvb, bf16, e4m3, 0, 1, 0);
         if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, decode, 0, 0);
     }
     const cuda_attn_kernel *k = kernel_by_id(id);
@@ -521,30 +526,33 @@ static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t k
 
 // One bulk-copy tensor map of t (b, s, heads, d) / (total, heads, d): dims (d, rows, heads,
 // batches), the middle two swapped when heads_first (the usual layout, heads inside a row: the
-// encoder takes dims in order of increasing stride); boxes of 64 columns x box_rows rows, 128-byte
-// swizzle. False where the driver refuses the strides (the kernel then gathers with cp.async).
-static bool tma_map(const cuda_state *st, const fa3c_problem *p, const fa3c_tensor *t, int box_rows, int heads_first,
+// encoder takes dims in order of increasing stride); boxes of box_cols columns x box_rows rows:
+// 16-bit tensors in 64-column boxes with the 128-byte swizzle, e4m3 ones (box_cols = the kernel's
+// head dim) unswizzled. False where the driver refuses the strides (the kernel then gathers).
+static bool tma_map(const cuda_state *st, const fa3c_tensor *t, int box_cols, int box_rows, int heads_first,
                     CUtensorMap *map) {
     typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                   const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
     const int n = t->ndim; // 4 batched, 3 varlen
     const int64_t rows = t->shape[n - 3], heads = t->shape[n - 2], width = t->shape[n - 1];
-    const int64_t batches = n == 4 ? t->shape[0] : 1;
+    const int64_t batches = n == 4 ? t->shape[0] : 1, es = fa3c_dtype_size(t->dtype);
     const int64_t sr = t->stride[n - 3], sh = t->stride[n - 2], sb = n == 4 ? t->stride[0] : rows * sr;
     if (t->stride[n - 1] != 1 || sr <= 0 || sh <= 0 || sb <= 0) return false;
     cuuint64_t dims[4] = {(cuuint64_t)width, (cuuint64_t)rows, (cuuint64_t)heads, (cuuint64_t)batches};
-    cuuint64_t strides[3] = {(cuuint64_t)sr * 2, (cuuint64_t)sh * 2, (cuuint64_t)sb * 2};
-    cuuint32_t box[4] = {64, (cuuint32_t)box_rows, 1, 1}, elem[4] = {1, 1, 1, 1};
+    cuuint64_t strides[3] = {(cuuint64_t)(sr * es), (cuuint64_t)(sh * es), (cuuint64_t)(sb * es)};
+    cuuint32_t box[4] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows, 1, 1}, elem[4] = {1, 1, 1, 1};
     if (heads_first) {
         dims[1] = (cuuint64_t)heads, dims[2] = (cuuint64_t)rows;
-        strides[0] = (cuuint64_t)sh * 2, strides[1] = (cuuint64_t)sr * 2;
+        strides[0] = (cuuint64_t)(sh * es), strides[1] = (cuuint64_t)(sr * es);
         box[1] = 1, box[2] = (cuuint32_t)box_rows;
     }
-    CUtensorMapDataType dt = p->in_dtype == FA3C_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                                             : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    CUtensorMapDataType dt = t->dtype == FA3C_DTYPE_BF16   ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                             : t->dtype == FA3C_DTYPE_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                          : CU_TENSOR_MAP_DATA_TYPE_UINT8;
     return ((encode_fn)st->tma_encode)(map, dt, 4, t->data, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                       CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                       es == 1 ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B,
+                                       CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -554,19 +562,21 @@ static bool heads_inside_rows(const fa3c_tensor *t) { return t->stride[t->ndim -
 // page_size is a power of two >= 16 (boxes of min(page_size, block_n) rows: the kernel aligns its
 // tiles to them and issues one copy per page run); Q when its tile is rows of one head (not
 // packed GQA).
-static void tma_maps(const cuda_state *st, const fa3c_problem *p, int block_m, int block_n, cuda_tma *tma) {
+// k->hd: the e4m3 kernel's K/V boxes span the whole (bucket) head dim; it loads Q itself.
+static void tma_maps(const cuda_state *st, const fa3c_problem *p, const cuda_attn_kernel *k, cuda_tma *tma) {
     const fa3c_fwd_args *a = p->args;
     if (!st->tma_encode) return;
     const bool pow2 = p->page_size > 0 && (p->page_size & (p->page_size - 1)) == 0;
-    const int box = p->paged ? (int)(p->page_size < block_n ? p->page_size : block_n) : block_n;
+    const int box = p->paged ? (int)(p->page_size < k->block_n ? p->page_size : k->block_n) : k->block_n;
+    const int cols = k->e4m3 ? k->hd : 64;
     tma->varlen = p->varlen_k;
     tma->paged_rows = p->paged ? box : 0;
     tma->heads_first = heads_inside_rows(&a->k) && heads_inside_rows(&a->v);
-    tma->on = (!p->paged || (pow2 && p->page_size >= 16)) && tma_map(st, p, &a->k, box, tma->heads_first, &tma->k) &&
-              tma_map(st, p, &a->v, box, tma->heads_first, &tma->v);
+    tma->on = (!p->paged || (pow2 && p->page_size >= 16)) && tma_map(st, &a->k, cols, box, tma->heads_first, &tma->k) &&
+              tma_map(st, &a->v, cols, box, tma->heads_first, &tma->v);
     tma->q_varlen = p->varlen_q;
     tma->q_heads_first = heads_inside_rows(&a->q);
-    tma->q_on = !p->pack_gqa && tma_map(st, p, &a->q, block_m, tma->q_heads_first, &tma->q);
+    tma->q_on = !p->pack_gqa && !k->e4m3 && tma_map(st, &a->q, 64, k->block_m, tma->q_heads_first, &tma->q);
 }
 
 // The SIMT fallback's launch: ap (filled by cuda_fwd, e4m3 descales included) plus dtypes and qv.
@@ -746,7 +756,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     else if (ap.num_m_blocks > 0) {
         cuda_tma tma;
         memset(&tma, 0, sizeof tma);
-        if (kern->sm90) tma_maps(cst, p, kern->block_m, kern->block_n, &tma);
+        if (kern->sm90) tma_maps(cst, p, kern, &tma);
         CUDA_TRY(kern->launch(&ap, &tma, stream), kern->name);
     }
 

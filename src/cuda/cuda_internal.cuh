@@ -346,7 +346,8 @@ __device__ __forceinline__ float cuda_descale(const float *t, int64_t sb, int64_
 // paged one with a power-of-two page_size >= 16) and Q (not packed GQA): dims (d, rows, heads,
 // batches), or (d, heads, rows, batches) when heads_first -- rows = s (batched), total (varlen,
 // batches 1) or page_size (paged, batches = pages) -- boxes of 64 columns x box_rows (K, V:
-// block_n, or page_size when smaller) or block_m (Q) rows in the 128-byte swizzle. on / q_on = 0:
+// block_n, or page_size when smaller) or block_m (Q) rows in the 128-byte swizzle (e4m3 K, V:
+// boxes of the whole head dim, unswizzled, into the producer's staging rows). on / q_on = 0:
 // the kernel gathers those rows with cp.async instead (page size 1..8 or not a power of two,
 // packed GQA, or strides the copy engine cannot describe).
 typedef struct cuda_tma {
@@ -378,7 +379,7 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCK
 extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
 #define CUDA_ATTN_E4M3_KERNELS 6 // {d 64, 128, 256} x {many rows, decode} (cuda_attn_e4m3.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_e4m3[CUDA_ATTN_E4M3_KERNELS];
-#define CUDA_ATTN_SM90_KERNELS 6 // {d 64, 128, 256} x {bf16, f16}, many rows (cuda_attn_sm90.cu)
+#define CUDA_ATTN_SM90_KERNELS 9 // {d 64, 128, 256} x {bf16, f16, e4m3}, many rows (cuda_attn_sm90.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
 #define CUDA_ATTN_MLA_KERNELS 4 // d 64 with qv, {dv 256, 512} x {bf16, f16} (cuda_attn_mla.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_mla[CUDA_ATTN_MLA_KERNELS];
