@@ -19,9 +19,8 @@
 //              warpgroups run independently, so one's softmax also overlaps the other's wgmma.
 // e4m3 inputs (BF = 2): the producer copies e4m3 rows into staging buffers (bulk tensor copies,
 // or cp.async gathers as above) and converts them -- exactly -- into the fp16 tiles the consumers
-// read (Q once, synchronously), so
-// the GEMMs run in fp16 with fp32 accumulation and P stays fp16; q * k descales scale the scores,
-// the v descale O, and the output is bf16.
+// read (Q once, synchronously), so the GEMMs run in fp16 with fp32 accumulation and P stays fp16;
+// q * k descales scale the scores, the v descale O, and the output is bf16.
 //
 // Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
