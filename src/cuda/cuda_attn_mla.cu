@@ -17,7 +17,7 @@
 //             to shared memory;
 //   both      (warpgroups 1 and 2) then rescale their half of O's columns and add P V, both
 //             operands from shared memory; warpgroup 2's P.V runs under warpgroup 1's next S.
-// A stage is refilled once both consumers released it; the P buffer once both read it.
+// A stage is refilled once both consumers released it. The P hand-over uses named barriers.
 //
 // Shapes: q (b, s_q, h, d) / (total_q, h, d); qv (b, s_q, h, dv) / (total_q, h, dv); k (cache
 // rows, h_k, d), v (cache rows, h_k, dv); out (b, s_q, h, dv) / (total_q, h, dv); lse and split
@@ -36,7 +36,7 @@ __host__ __device__ constexpr int mla_blocks(int dv) { return 1 + dv / 64; }
 
 // Byte offsets in the (1024-aligned) shared memory: Q, the K/V stages, P (64 x 64, one column
 // block), the rescale factors, the final row max and sum, 2 rows of page ids, the mbarriers
-// (full Q; full, empty per stage; P full, P empty).
+// (full Q; full, empty per stage).
 __host__ __device__ constexpr int mla_off_kv(int dv) { return MLA_BM * 128 * mla_blocks(dv); }
 __host__ __device__ constexpr int mla_stage_bytes(int dv) { return MLA_BN * 128 * mla_blocks(dv); }
 __host__ __device__ constexpr int mla_off_p(int dv) { return mla_off_kv(dv) + mla_stages(dv) * mla_stage_bytes(dv); }
@@ -44,9 +44,9 @@ __host__ __device__ constexpr int mla_off_rows(int dv) { return mla_off_p(dv) + 
 __host__ __device__ constexpr int mla_off_pages(int dv) { return mla_off_rows(dv) + 3 * MLA_BM * 4; }
 __host__ __device__ constexpr int mla_off_bars(int dv) { return mla_off_pages(dv) + 2 * MLA_BN * 4; }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
-// dv 512: 231,736 bytes of the 232,448 an H100 block may have.
+// dv 512: 231,720 bytes of the 232,448 an H100 block may have.
 __host__ __device__ constexpr size_t mla_smem_bytes(int dv) {
-    return (size_t)mla_off_bars(dv) + (3 + 2 * mla_stages(dv)) * 8 + 1024;
+    return (size_t)mla_off_bars(dv) + (1 + 2 * mla_stages(dv)) * 8 + 1024;
 }
 
 // Warpgroup 1 stores P (its scores after the softmax, as m16n8k16 A fragments) into the K-major
@@ -75,8 +75,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     uint8_t *sPg = smem_gen + mla_off_p(DV);
     float *sCorr = (float *)(smem_gen + mla_off_rows(DV)), *sM = sCorr + BM, *sL = sM + BM;
     int32_t *sPage = (int32_t *)(smem_gen + mla_off_pages(DV));
-    const uint32_t full_q = smem + mla_off_bars(DV), full = full_q + 8, empty = full + 8 * NST,
-                   p_full = empty + 8 * NST, p_empty = p_full + 8;
+    const uint32_t full_q = smem + mla_off_bars(DV), full = full_q + 8, empty = full + 8 * NST;
 
     const int tid = threadIdx.x, lane = tid & 31;
     int bi, head, split, m_block;
@@ -105,8 +104,6 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             sm90_mbar_init(full + 8 * s, 256); // K and V tiles: likewise
             sm90_mbar_init(empty + 8 * s, 8);  // one arrival per consumer warp
         }
-        sm90_mbar_init(p_full, 128); // every thread of warpgroup 1
-        sm90_mbar_init(p_empty, 8);  // one arrival per consumer warp
     }
     __syncthreads();
 
@@ -159,18 +156,19 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     float (&o4)[HALF / 8][4] = *reinterpret_cast<float (*)[HALF / 8][4]>(&o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-    // Tile t: warpgroup 1 computes S_t, its softmax and P_t, and hands P_t and the rescale factors
-    // over (p_full); then both warpgroups rescale their O columns and add P_t V_t with P from
-    // shared memory. Warpgroup 1 writes P_{t+1} only once both are done reading P_t (p_empty), so
-    // its S_{t+1} and softmax run under warpgroup 2's P.V. Both warpgroups run one code path for
+    // Tile t: warpgroup 1 computes S_t, its softmax and P_t while warpgroup 2 still adds
+    // P_{t-1} V_{t-1}; at the first named barrier warpgroup 2 is done with P_{t-1}, so warpgroup 1
+    // writes P_t and the rows' rescale factors to shared memory; after the second both rescale
+    // their O columns and add P_t V_t, P from shared memory. Both warpgroups run one code path for
     // P.V, and only warpgroup 1's S GEMM sits in a branch: ptxas then keeps the wgmma pipelined.
     int flo = 0, fhi = 0;
     if (cwg == 0) attn_warp_keys<2>(rvalid, rlo, rhi, &flo, &fhi);
     if (n_tiles > 0 && cwg == 0) sm90_mbar_wait(full_q, 0);
     for (int t = 0; t < n_tiles; t++) {
         const int st = t % NST;
-        const uint32_t ph = (uint32_t)(t / NST) & 1;
-        sm90_mbar_wait(full + 8 * st, ph);
+        sm90_mbar_wait(full + 8 * st, (uint32_t)(t / NST) & 1);
+        float corr[2];
+        uint32_t pa[BN / 16][4];
         if (cwg == 0) {
             float s[BN / 2];
             float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
@@ -180,18 +178,17 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             sm90_wgmma_wait<0>();
             sm90_fence_regs(s);
             const int k0 = kmin + t * BN;
-            float corr[2];
             attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, 1.0f);
-            uint32_t pa[BN / 16][4];
             sm90_pack_p<BN, BF>(s4, pa);
-            sm90_mbar_wait(p_empty, (uint32_t)(t & 1) ^ 1); // both warpgroups are done with P_{t-1}
+        }
+        sm90_named_sync(3, 256);
+        if (cwg == 0) {
             mla_store_p(sPg, pa, r0, lane);
             if ((lane & 3) == 0) sCorr[r0] = corr[0], sCorr[r0 + 8] = corr[1];
             sm90_fence_async_smem();
-            sm90_mbar_arrive(p_full);
         }
-        sm90_mbar_wait(p_full, (uint32_t)t & 1);
-        const float corr[2] = {sCorr[r0], sCorr[r0 + 8]};
+        sm90_named_sync(4, 256);
+        if (cwg == 1) corr[0] = sCorr[r0], corr[1] = sCorr[r0 + 8];
         attn_rescale<HALF / 8>(o4, corr);
         sm90_fence_regs(o);
         sm90_wgmma_fence();
@@ -204,10 +201,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         sm90_wgmma_wait<0>();
         sm90_fence_regs(o);
         __syncwarp();
-        if (lane == 0) {
-            sm90_mbar_arrive(p_empty);
-            sm90_mbar_arrive(empty + 8 * st);
-        }
+        if (lane == 0) sm90_mbar_arrive(empty + 8 * st);
     }
     if (cwg == 0) { // the row states, for warpgroup 2's rows
 #pragma unroll
