@@ -6,7 +6,7 @@
  * double-precision reference, plus canaries around every buffer, rows that must stay untouched,
  * unchanged inputs, the appended cache and, with out_accum, the partials (testutil.h).
  * A case counts as failed when the cuda backend reports UNSUPPORTED: the cases outside the
- * tensor-core kernels (qv off Hopper, d <= 64 with dv != d, e4m3 with rotary or other head dims)
+ * tensor-core kernels (qv off Hopper, d <= 64 with dv != d, e4m3 with rotary or d % 16 != 0)
  * run on its SIMT fallback ("simple"). Each case's kernel is printed; on compute capability 9.x
  * some cases must have run the (non-MLA) wgmma kernel and some MLA cases (qv) the wgmma MLA kernel
  * ("_mla"), and everywhere some e4m3 cases the tensor-core kernels.
@@ -163,6 +163,11 @@ static void build(case_list *l) {
     c->num_splits = 0, c->pad = true;
     c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 6, 1, 2000, 8, 1, 64), c->descale = true, c->page_size = 1,
     c->leftpad = false, c->num_splits = 0, c->pack_gqa = 1;
+    /* FA3's other fp8 head dims: 96, 192 and the 192 / 128 pair, many rows and decode */
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 150, 400, 4, 2, 192), c->dv = 128, c->descale = true, c->causal = true;
+    c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 3, 2, 900, 8, 1, 192), c->dv = 128, c->page_size = 16, c->num_splits = 0;
+    c = add(l, TU_VARLEN, FA3C_DTYPE_E4M3, 3, 130, 260, 4, 4, 192), c->descale = true, c->num_splits = 3;
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 100, 333, 6, 2, 96), c->descale = true, c->wl = 64, c->wr = 0;
 
     /* MLA absorbed attention as DeepSeek is served through FA3 (qv, d 64, dv 512, one kv head, 16 / 64
      * / 128 q heads; the wgmma MLA kernel on Hopper): decode and speculative verify (s_q 1, 2, 4, 8)

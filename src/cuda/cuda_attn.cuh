@@ -847,10 +847,10 @@ static cudaError_t attn_occupancy(int *ctas_per_sm) {
             attn_occupancy<HD, DV, BF, MT, WSPLIT>                                                                   \
     }
 
-// The e4m3 kernels of a head-dim bucket (dv = d): many rows and decode.
-#define ATTN_KERNEL_SET_E4M3(HD, MT, NAME)                                                                            \
-    ATTN_KERNEL_ENTRY(HD, HD, 2, MT, 0, "mma_sm80_" NAME "_e4m3"),                                                   \
-        ATTN_KERNEL_ENTRY(HD, HD, 2, 1, 1, "mma_sm80_" NAME "_decode_e4m3")
+// The e4m3 kernels of a (head-dim bucket, dv bucket): many rows and decode.
+#define ATTN_KERNEL_SET_E4M3(HD, DV, MT, NAME)                                                                        \
+    ATTN_KERNEL_ENTRY(HD, DV, 2, MT, 0, "mma_sm80_" NAME "_e4m3"),                                                   \
+        ATTN_KERNEL_ENTRY(HD, DV, 2, 1, 1, "mma_sm80_" NAME "_decode_e4m3")
 
 // The kernels of one (head-dim bucket, dv bucket): many rows (MT m16 tiles a warp) and decode, bf16 and f16.
 #define ATTN_KERNEL_SET(HD, DV, MT, NAME)                                                                             \

@@ -4,9 +4,10 @@
 //   no keys at all (total_k + total_new == 0)     -> fill out 0, lse +inf
 //   otherwise: append (k_new) -> split counts (exact splits of a varlen call without metadata)
 //              -> attention -> combine (W > 1 slots, unless the decode kernel combines itself)
-//   attention: a tensor-core kernel (wgmma on Hopper for prefill-shaped 16-bit calls and for MLA
-//   (qv), else mma.sync), or the SIMT fallback ("simple": qv off Hopper, e4m3 with rotary or other
-//   head dims, other head dims, unaligned rows), which always uses FA3's exact split partition.
+//   attention: a tensor-core kernel (wgmma on Hopper for prefill-shaped calls with d = dv = 64,
+//   128 or 256 and for MLA (qv), else mma.sync), or the SIMT fallback ("simple": qv off Hopper,
+//   e4m3 with rotary, head dims without a tile, unaligned rows), which always uses FA3's exact
+//   split partition.
 // A forward can be captured into a CUDA graph: it allocates and synchronises nothing once the
 // context's workspace is large enough (an earlier forward outside capture sized it), and checks
 // scheduler_metadata on the device instead of on the host (include/fa3c.h, fa3c_fwd).
@@ -281,7 +282,7 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
         else if (p->d > 128 && p->d <= 192 && p->dv > 96 && p->dv <= 128) dvb = 128;
         else return NULL;
         const int e4m3 = p->is_fp8;
-        if (e4m3 && (p->dv != p->d || hd == 96 || hd == 192 || p->d % 16 || p->has_rotary)) return NULL;
+        if (e4m3 && (p->d % 16 || p->has_rotary)) return NULL;
         // A sequence of at most 16 (packed) query rows runs the decode shape: its 4 warps split the
         // keys. More rows run the wgmma kernel where it exists (Hopper; d = dv = 64, 128 or 256; no q
         // rotary) unless its producer would gather every 16-bit K/V tile with cp.async (a paged cache

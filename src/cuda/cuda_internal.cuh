@@ -377,7 +377,7 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d96[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d128[CUDA_ATTN_KERNELS_PER_BUCKET];
 extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCKET]; // dv 192, then dv 128
 extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
-#define CUDA_ATTN_E4M3_KERNELS 6 // {d 64, 128, 256} x {many rows, decode} (cuda_attn_e4m3.cu)
+#define CUDA_ATTN_E4M3_KERNELS 12 // {d 64, 96, 128, 192, 256, 192/dv 128} x {many rows, decode} (cuda_attn_e4m3.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_e4m3[CUDA_ATTN_E4M3_KERNELS];
 #define CUDA_ATTN_SM90_KERNELS 9 // {d 64, 128, 256} x {bf16, f16, e4m3}, many rows (cuda_attn_sm90.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
@@ -385,7 +385,7 @@ extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
 extern const cuda_attn_kernel fa3c_cuda_attn_mla[CUDA_ATTN_MLA_KERNELS];
 
 // The SIMT fallback (cuda_attn_simple.cu): every problem the tensor-core kernels refuse (e4m3
-// inputs, qv, head dims without a tile, unaligned rows). One warp per (sequence, q head, query
+// with q rotary, qv off Hopper, head dims without a tile, unaligned rows). One warp per (sequence, q head, query
 // row), fp32 throughout, FA3's exact split partition (pieces 0, num_splits = S, never fused).
 // Uses a's fields but for pack_gqa, grid_heads, num_m_blocks, pieces and counts.
 #define CUDA_ATTN_SIMPLE 0x7fff0000 // kernel id of the fallback (no kernel_by_id entry)
