@@ -250,6 +250,26 @@ def test_kvcache_mla_qv(rng, ctx132, page_size):
         run(case, ctx132, num_splits=num_splits)
 
 
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_kvcache_mla_fused_pool(rng, page_size):
+    """SGLang's MLA call: one pool row per token [c_kv (512) | k_rope (64)], passed as the views
+    k_cache = pool[..., 512:] and v_cache = pool[..., :512] (row stride 576, not contiguous), with
+    q = q_rope, qv = q_nope, a page table and cache_seqlens; against contiguous copies."""
+    b, h, s_k = 3, 16, 130
+    pages_per_seq = -(-s_k // page_size)
+    num_pages = b * pages_per_seq + 1
+    pool = rand(rng, (num_pages, page_size, 1, 576), BF16)
+    table = rng.permutation(num_pages)[:b * pages_per_seq].reshape(b, pages_per_seq).astype(np.int32)
+    lens = np.array([s_k, 1, 77], dtype=np.int32)
+    q_rope, q_nope = rand(rng, (b, 1, h, 64), BF16), rand(rng, (b, 1, h, 512), BF16)
+    out = flash_attn_with_kvcache(q_rope, pool[..., 512:], pool[..., :512], qv=q_nope, page_table=table,
+                                  cache_seqlens=lens, causal=True)
+    rows = pool[table].reshape(b, pages_per_seq * page_size, 1, 576)  # (b, s, 1, 576) in sequence order
+    ref, _ = attention_ref(q_rope, np.ascontiguousarray(rows[..., 512:]), np.ascontiguousarray(rows[..., :512]),
+                           seqlen_k=lens, causal=True, qv=q_nope)
+    assert_out_ulp(out, ref)
+
+
 @pytest.mark.parametrize("sinks_dtype", [BF16, np.float32])
 def test_kvcache_sinks(rng, ctx132, sinks_dtype):
     for num_splits in (1, 3):
