@@ -14,8 +14,9 @@
 #   sanitize  compute-sanitizer memcheck and initcheck over every $SANITIZE_EVERY-th test_cuda case
 #             and the graph tests, memcheck over test_repeat (2 repeats); racecheck over every
 #             16th case and the graph tests
-#   bench     tools/bench_cuda.c: prefill, and decode once per split mode in $SPLIT_MODES; prefill
-#             again with FA3C_CUDA_SM90=0 (the mma.sync kernels)
+#   bench     tools/bench_cuda.c ($BENCH_WHAT, default all): prefill, fp8 prefill next to bf16, and
+#             decode and MLA decode once per split mode in $SPLIT_MODES; prefill again with
+#             FA3C_CUDA_SM90=0 (the mma.sync kernels)
 #   base      the same benchmark built from the cuda sources in .base/ (a copy of an earlier
 #             version: src/cuda/* and tools/bench_cuda.c), for before/after in one run. Make it with
 #             mkdir -p .base/cuda; for f in $(git ls-tree --name-only REV src/cuda/); do
