@@ -466,13 +466,16 @@ class AttentionBackend:
                            f"multiple of page_size {self.page_size}, got shape {tuple(cache.shape)}")
         return _view(cache, (cache.shape[0] // self.page_size, self.page_size) + tuple(cache.shape[1:]), name)
 
-    def forward(self, layer, q, k_cache, v_cache, k=None, v=None, *, metadata=None, sinks=None,
+    def forward(self, layer, q, k_cache, v_cache, k=None, v=None, *, qv=None, metadata=None, sinks=None,
                 return_softmax_lse=False, out=None):
         """One layer's attention over the current (or the given) forward batch.
 
         q (total_new, h, d); k_cache/v_cache (num_pages, page_size, h_k, d/dv) or slot pools
         (num_slots, h_k, d/dv); k/v (total_new, h_k, d/dv) the batch's new K/V, given iff the
         backend appends (append_kv=True): they are written into the cache slots of the new tokens.
+        qv (total_new, h, dv): MLA absorbed attention, as SGLang calls it for DeepSeek layers
+        (declared AttentionLayer(h, 1, 64, head_dim_v=512)): q = q_rope, qv = q_nope, and
+        k_cache / v_cache the k_rope / c_kv column views of one [c_kv | k_rope] pool.
         Returns out (total_new, h, dv), or FA3's four-tuple when return_softmax_lse.
         """
         fm = self._current if metadata is None else metadata
@@ -496,7 +499,7 @@ class AttentionBackend:
             if meta is None:
                 raise self._no_metadata(fm, layer, sig)
         return _fai.flash_attn_with_kvcache(
-            q, kc, vc, k=k, v=v, cache_seqlens=fm.cache_seqlens, page_table=fm.page_table,
+            q, kc, vc, k=k, v=v, qv=qv, cache_seqlens=fm.cache_seqlens, page_table=fm.page_table,
             cu_seqlens_q=fm.cu_seqlens_q, cu_seqlens_k_new=fm.cu_seqlens_k_new if appending else None,
             max_seqlen_q=fm.max_seqlen_q, softmax_scale=layer.softmax_scale, causal=layer.causal,
             window_size=layer.window_size, attention_chunk=layer.attention_chunk, softcap=layer.softcap,

@@ -37,11 +37,13 @@ class Engine:
     page of the pool, so token position t of r lives in slot page * page_size + t % page_size."""
 
     def __init__(self, rng, layers, *, page_size, num_reqs=4, max_ctx=96, dt=BF16, to_device=None, rule=None,
-                 **backend_kw):
+                 mla=False, **backend_kw):
         # rule: "ulp" (fp32 math rounded once, as the scalar reference backend computes) or "fa3"
         # (FA3's pass rule against the same math at the input precision, for backends that round
         # the probabilities to the input dtype); None: "ulp" on cpu-ref, else "fa3".
-        self.rng, self.layers, self.page_size, self.dt = rng, list(layers), page_size, dt
+        # mla: every layer is MLA absorbed attention as SGLang runs DeepSeek: one pool of
+        # [v (dv) | k (d)] rows a layer, the caches its column views, and a qv input.
+        self.rng, self.layers, self.page_size, self.dt, self.mla = rng, list(layers), page_size, dt, mla
         self.dev = to_device or (lambda a: a)
         pages_per_req = -(-max_ctx // page_size)
         num_pages = num_reqs * pages_per_req + 3
@@ -50,9 +52,15 @@ class Engine:
         self.req_to_token_np = (pages[:, pos // page_size] * page_size + pos % page_size).astype(np.int32)
         self.req_to_token = self.dev(self.req_to_token_np.copy())
         slots = num_pages * page_size
-        # one K/V pool per layer, as (num_slots, h_k, d) slot arrays
-        self.k_pool = [self.dev(np.zeros((slots, l.num_heads_kv, l.head_dim), dtype=dt)) for l in self.layers]
-        self.v_pool = [self.dev(np.zeros((slots, l.num_heads_kv, l.head_dim_v), dtype=dt)) for l in self.layers]
+        # one K/V pool per layer, as (num_slots, h_k, d) slot arrays (MLA: views of one pool)
+        if mla:
+            pools = [self.dev(np.zeros((slots, l.num_heads_kv, l.head_dim_v + l.head_dim), dtype=dt))
+                     for l in self.layers]
+            self.k_pool = [p[..., l.head_dim_v:] for p, l in zip(pools, self.layers)]
+            self.v_pool = [p[..., : l.head_dim_v] for p, l in zip(pools, self.layers)]
+        else:
+            self.k_pool = [self.dev(np.zeros((slots, l.num_heads_kv, l.head_dim), dtype=dt)) for l in self.layers]
+            self.v_pool = [self.dev(np.zeros((slots, l.num_heads_kv, l.head_dim_v), dtype=dt)) for l in self.layers]
         self.k_log = [[np.zeros((0, l.num_heads_kv, l.head_dim), dtype=dt) for _ in range(num_reqs)]
                       for l in self.layers]
         self.v_log = [[np.zeros((0, l.num_heads_kv, l.head_dim_v), dtype=dt) for _ in range(num_reqs)]
@@ -84,30 +92,34 @@ class Engine:
         return fm
 
     def make_inputs(self, li):
-        """Random q (total_new, h, d) and new k/v (total_new, h_k, d/dv) of layer li."""
+        """Random q (total_new, h, d), new k/v (total_new, h_k, d/dv) and (MLA) qv (total_new, h,
+        dv) of layer li."""
         l, n = self.layers[li], int(self.new.sum())
         q = rand(self.rng, (n, l.num_heads_q, l.head_dim), self.dt)
         k = rand(self.rng, (n, l.num_heads_kv, l.head_dim), self.dt)
         v = rand(self.rng, (n, l.num_heads_kv, l.head_dim_v), self.dt)
-        return q, k, v
+        qv = rand(self.rng, (n, l.num_heads_q, l.head_dim_v), self.dt) if self.mla else None
+        return q, k, v, qv
 
-    def run_layer(self, li, q, k, v, metadata=None):
+    def run_layer(self, li, q, k, v, qv=None, metadata=None):
         """The layer's attention through the backend (appending in the kernel, or written first)."""
         be = self.backend
         qd, kd, vd = self.dev(q), self.dev(k), self.dev(v)
+        qvd = None if qv is None else self.dev(qv)
         if be.append_kv:
-            return be.forward(self.layers[li], qd, self.k_pool[li], self.v_pool[li], kd, vd, metadata=metadata)
+            return be.forward(self.layers[li], qd, self.k_pool[li], self.v_pool[li], kd, vd, qv=qvd,
+                              metadata=metadata)
         be.write_kv(self.k_pool[li], self.v_pool[li], kd, vd, metadata=metadata)
-        return be.forward(self.layers[li], qd, self.k_pool[li], self.v_pool[li], metadata=metadata)
+        return be.forward(self.layers[li], qd, self.k_pool[li], self.v_pool[li], qv=qvd, metadata=metadata)
 
-    def check(self, li, out, q, k, v):
+    def check(self, li, out, q, k, v, qv=None):
         """Asserts a layer's output (numpy) against the reference under the engine's rule."""
         if self.rule == "ulp":
-            assert_out_ulp(out, self.expected(li, q, k, v))
+            assert_out_ulp(out, self.expected(li, q, k, v, qv))
         else:
-            assert_out_fa3(out, self.expected(li, q, k, v), self.expected(li, q, k, v, lowp=self.dt))
+            assert_out_fa3(out, self.expected(li, q, k, v, qv), self.expected(li, q, k, v, qv, lowp=self.dt))
 
-    def expected(self, li, q, k, v, lowp=None):
+    def expected(self, li, q, k, v, qv=None, lowp=None):
         """Reference out (total_new, h, dv) float64 over each request's logged K/V plus the new rows
         (lowp: FA3's naive computation at that precision)."""
         l = self.layers[li]
@@ -115,16 +127,19 @@ class Engine:
         cu = np.concatenate([[0], np.cumsum(new)])
         total = self.seq_len[self.reqs] + new
         s_q, s_k = max(int(new.max()), 1), max(int(total.max()), 1)
+        QV = None if qv is None else np.zeros((b, s_q, l.num_heads_q, l.head_dim_v), dtype=self.dt)
         Q = np.zeros((b, s_q, l.num_heads_q, l.head_dim), dtype=self.dt)
         K = np.zeros((b, s_k, l.num_heads_kv, l.head_dim), dtype=self.dt)
         V = np.zeros((b, s_k, l.num_heads_kv, l.head_dim_v), dtype=self.dt)
         for i, r in enumerate(self.reqs):
             Q[i, : new[i]] = q[cu[i]:cu[i + 1]]
+            if qv is not None:
+                QV[i, : new[i]] = qv[cu[i]:cu[i + 1]]
             K[i, : total[i]] = np.concatenate([self.k_log[li][r], k[cu[i]:cu[i + 1]]])
             V[i, : total[i]] = np.concatenate([self.v_log[li][r], v[cu[i]:cu[i + 1]]])
         out, _ = attention_ref(Q, K, V, new, total, causal=l.causal, window_size=l.window_size,
                                attention_chunk=l.attention_chunk, softcap=l.softcap, scale=l.softmax_scale,
-                               lowp=lowp)
+                               qv=QV, lowp=lowp)
         return np.concatenate([out[i, : new[i]] for i in range(b)])
 
     def commit(self, li, k, v):
@@ -160,9 +175,9 @@ class Engine:
         self.begin(mode, reqs, new_lens)
         yield None
         for li in range(len(self.layers)):
-            q, k, v = self.make_inputs(li)
-            out = to_numpy(self.run_layer(li, q, k, v))
-            self.check(li, out, q, k, v)
+            q, k, v, qv = self.make_inputs(li)
+            out = to_numpy(self.run_layer(li, q, k, v, qv))
+            self.check(li, out, q, k, v, qv)
             self.commit(li, k, v)
             yield out
         self.end()

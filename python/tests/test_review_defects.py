@@ -228,7 +228,7 @@ def test_b_serving_never_hands_a_layer_foreign_metadata(rng):
     eng.step(ForwardMode.EXTEND, [0, 1, 2], [5, 17, 40])
     fm = eng.begin(ForwardMode.DECODE, [0, 1, 2], [1, 1, 1])
     be = eng.backend
-    q, k, v = eng.make_inputs(1)
+    q, k, v, _ = eng.make_inputs(1)
     with pytest.raises(fa3c.Fa3cError, match=r"window_size: call \(16, 0\), built") as e:
         be.forward(AttentionLayer(4, 2, 64, window_size=(16, 0)), q, eng.k_pool[1], eng.v_pool[1], k, v)
     assert "matches none of the 2 built" in str(e.value)

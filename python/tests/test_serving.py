@@ -50,6 +50,18 @@ def test_trace_split_heuristics(rng, ctx132):
         eng.step(ForwardMode.TARGET_VERIFY, [2, 0], [2, 2])
 
 
+@pytest.mark.parametrize("append_kv", [True, False], ids=["append", "write-first"])
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_trace_mla(rng, page_size, append_kv):
+    """DeepSeek's MLA layers as SGLang runs them: q_rope as q, q_nope as qv, the k_rope / c_kv
+    column views of one [c_kv | k_rope] pool per layer as the caches, through every forward mode
+    (appends land in the pool through the views)."""
+    mla = AttentionLayer(num_heads_q=16, num_heads_kv=1, head_dim=64, head_dim_v=512, softmax_scale=0.07)
+    eng = Engine(rng, [mla, mla], page_size=page_size, append_kv=append_kv, mla=True)
+    eng.run_trace(TRACE)
+    assert {(s.headdim, s.headdim_v) for s in eng.fm.signatures()} == {(64, 512)}
+
+
 def test_layer_variants(rng):
     """Distinct signatures from head dims, causal flag, chunk and softcap; layers that share
     their signature share one schedule; a softmax_scale of the layer reaches the kernel."""
@@ -125,7 +137,7 @@ def test_cuda_graph_flow_on_cpu(rng):
         be.init_forward_metadata_replay(fm, reqs, seq)
         assert addresses(fm) == before and fm.signatures() == sigs
         for li in range(len(MODEL)):
-            q, k, v = eng.make_inputs(li)
+            q, k, v, _ = eng.make_inputs(li)
             eng.check(li, to_numpy(eng.run_layer(li, q, k, v, metadata=fm)), q, k, v)
             eng.commit(li, k, v)
         eng.end()
@@ -141,7 +153,7 @@ def test_refusals(rng):
     with pytest.raises(fa3c.Fa3cError, match="no forward metadata"):
         be.forward(FULL, np.zeros((1, 4, 64), dtype=BF16), eng.k_pool[0], eng.v_pool[0])
     eng.begin(ForwardMode.EXTEND, [0, 1], [3, 4])
-    q, k, v = eng.make_inputs(1)
+    q, k, v, _ = eng.make_inputs(1)
     with pytest.raises(fa3c.Fa3cError, match="pass the layer's new k and v"):
         be.forward(FULL, q, eng.k_pool[1], eng.v_pool[1])
     with pytest.raises(fa3c.Fa3cError, match="give both or neither"):

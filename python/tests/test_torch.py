@@ -363,12 +363,12 @@ def test_cuda_graph_capture_replay(torch, cuda, rng, mode):
         prefix = eng.seq_len[eng.reqs]
         be.init_forward_metadata_replay(fm, reqs, prefix + 1 if mode == ForwardMode.DECODE else prefix)
         inputs = [eng.make_inputs(i) for i in range(len(MODEL))]
-        for (q, k, v), buf in zip(inputs, static):
+        for (q, k, v, _), buf in zip(inputs, static):
             for x, b in zip((q, k, v), buf):
                 b.copy_(torch_from_numpy(x, cuda))
         graph.replay()
         torch.cuda.synchronize(cuda)
-        for i, (q, k, v) in enumerate(inputs):
+        for i, (q, k, v, _) in enumerate(inputs):
             eng.check(i, to_numpy(outs[i]), q, k, v)
             eng.commit(i, k, v)
         eng.end()
