@@ -29,7 +29,7 @@
  */
 #include "fa3c.h"
 /* The backend's kernel choice (fa3c_problem_init + select(), as fa3c_fwd makes it); not public API. */
-#include "../src/core/internal.h"
+#include "core/internal.h"
 
 #include <cuda_runtime_api.h>
 
