@@ -218,14 +218,19 @@ __device__ __forceinline__ uint32_t attn_e4m3x2_to_f16x2(uint16_t x) {
 #endif
 }
 
-// 16 e4m3 -> 16 fp16 at dst (32 bytes).
-__device__ __forceinline__ void attn_e4m3x16_to_f16(uint4 raw, uint16_t *dst) {
+// 16 e4m3 -> 16 fp16: the two 16-byte halves lo (values 0..7) and hi (8..15).
+__device__ __forceinline__ void attn_e4m3x16_to_f16x16(uint4 raw, uint4 *lo, uint4 *hi) {
     const uint16_t *x = (const uint16_t *)&raw;
     uint32_t y[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) y[i] = attn_e4m3x2_to_f16x2(x[i]);
-    ((uint4 *)dst)[0] = make_uint4(y[0], y[1], y[2], y[3]);
-    ((uint4 *)dst)[1] = make_uint4(y[4], y[5], y[6], y[7]);
+    *lo = make_uint4(y[0], y[1], y[2], y[3]);
+    *hi = make_uint4(y[4], y[5], y[6], y[7]);
+}
+
+// 16 e4m3 -> 16 fp16 at dst (32 bytes).
+__device__ __forceinline__ void attn_e4m3x16_to_f16(uint4 raw, uint16_t *dst) {
+    attn_e4m3x16_to_f16x16(raw, (uint4 *)dst, (uint4 *)dst + 1);
 }
 
 // K and V e4m3 rows of keys k0 .. k0 + BN - 1 into one staging stage (rows of HD + 16 / DV + 16
@@ -264,20 +269,24 @@ __device__ __forceinline__ void attn_convert_kv_e4m3(const uint8_t *fK, const ui
     }
 }
 
+// 16 e4m3 q values: chunk c (elements 16c ..) of packed row R (zeros past rows or d).
+__device__ __forceinline__ uint4 attn_q_e4m3_chunk(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
+                                                   int hk, int g, int R, int rows, int c) {
+    int i = 0, hq = 0;
+    if (R >= rows || c * 16 >= p.d) return make_uint4(0, 0, 0, 0);
+    attn_row(p, R, g, head, hk, &i, &hq);
+    return *(const uint4 *)((const uint8_t *)p.q + (int64_t)bi * p.q_sb + (int64_t)(sl.q_offset + i) * p.q_sr +
+                            (int64_t)hq * p.q_sh + c * 16);
+}
+
 // The e4m3 Q tile, converted to fp16 (rows >= rows, columns >= d zero); synchronous stores.
 template <int HD, int BM>
 __device__ __forceinline__ void attn_load_q_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
                                                  int hk, int g, int row0, int rows, uint16_t *sQ, int tid) {
     constexpr int CPR = HD / 16;
     for (int idx = tid; idx < BM * CPR; idx += ATTN_THREADS) {
-        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
-        uint4 raw = make_uint4(0, 0, 0, 0);
-        if (R < rows && c * 16 < p.d) {
-            attn_row(p, R, g, head, hk, &i, &hq);
-            raw = *(const uint4 *)((const uint8_t *)p.q + (int64_t)bi * p.q_sb + (int64_t)(sl.q_offset + i) * p.q_sr +
-                                   (int64_t)hq * p.q_sh + c * 16);
-        }
-        attn_e4m3x16_to_f16(raw, sQ + r * (HD + 8) + c * 16);
+        const int r = idx / CPR, c = idx % CPR;
+        attn_e4m3x16_to_f16(attn_q_e4m3_chunk(p, sl, bi, head, hk, g, row0 + r, rows, c), sQ + r * (HD + 8) + c * 16);
     }
 }
 

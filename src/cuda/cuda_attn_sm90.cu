@@ -64,12 +64,8 @@ __host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8) {
 // 16 e4m3 values (chunk c of an e4m3 row) -> fp16 chunks 2c and 2c + 1 of row r of a swizzled
 // 16-bit tile of `rows` rows (generic address `tile`).
 __device__ __forceinline__ void sm90_store_e4m3x16(uint8_t *tile, int r, int c, int rows, uint4 raw) {
-    const uint16_t *x = (const uint16_t *)&raw;
-    uint32_t y[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) y[i] = attn_e4m3x2_to_f16x2(x[i]);
-    *(uint4 *)(tile + sm90_swizzle(r, 2 * c, rows)) = make_uint4(y[0], y[1], y[2], y[3]);
-    *(uint4 *)(tile + sm90_swizzle(r, 2 * c + 1, rows)) = make_uint4(y[4], y[5], y[6], y[7]);
+    attn_e4m3x16_to_f16x16(raw, (uint4 *)(tile + sm90_swizzle(r, 2 * c, rows)),
+                           (uint4 *)(tile + sm90_swizzle(r, 2 * c + 1, rows)));
 }
 
 // Producer, e4m3: the Q tile converted to fp16 (rows >= rows, columns >= d zero).
@@ -78,14 +74,8 @@ __device__ __forceinline__ void sm90_load_q_e4m3(const cuda_attn_params &p, cons
                                                  int hk, int g, int row0, int rows, uint8_t *sQ, int ptid) {
     constexpr int CPR = HD / 16;
     for (int idx = ptid; idx < BM * CPR; idx += 128) {
-        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
-        uint4 raw = make_uint4(0, 0, 0, 0);
-        if (R < rows && c * 16 < p.d) {
-            attn_row(p, R, g, head, hk, &i, &hq);
-            raw = *(const uint4 *)((const uint8_t *)p.q + (int64_t)bi * p.q_sb + (int64_t)(sl.q_offset + i) * p.q_sr +
-                                   (int64_t)hq * p.q_sh + c * 16);
-        }
-        sm90_store_e4m3x16(sQ, r, c, BM, raw);
+        const int r = idx / CPR, c = idx % CPR;
+        sm90_store_e4m3x16(sQ, r, c, BM, attn_q_e4m3_chunk(p, sl, bi, head, hk, g, row0 + r, rows, c));
     }
 }
 
