@@ -195,6 +195,23 @@ static void random_pages(int32_t *host, int64_t np) {
 
 /* Prefill over a paged cache (SGLang's extend: flash_attn_with_kvcache with page_table), d 128,
  * h 16, 16k tokens, causal, pages in a random order; q, k, v as in bench_prefill. */
+/* One call of FA3's prefill sweep: q, k, v (b, s, h, d) of dtype `in` (device buffers), out
+ * (b, s, h, d) bf16 (the output dtype of e4m3 inputs too), lse (b, h, s), one split. */
+static fa3c_fwd_args prefill_args(void *q, void *k, void *v, fa3c_dtype in, void *o, void *lse, int64_t b, int64_t s,
+                                  int64_t h, int64_t d, int causal) {
+    int64_t shp[4] = {b, s, h, d}, lshp[3] = {b, h, s};
+    fa3c_fwd_args a;
+    fa3c_fwd_args_init(&a);
+    a.q = dev_tensor(q, in, 4, shp);
+    a.k = dev_tensor(k, in, 4, shp);
+    a.v = dev_tensor(v, in, 4, shp);
+    a.out = dev_tensor(o, FA3C_DTYPE_BF16, 4, shp);
+    a.softmax_lse = dev_tensor(lse, FA3C_DTYPE_F32, 3, lshp);
+    a.is_causal = causal;
+    a.num_splits = 1;
+    return a;
+}
+
 static void bench_prefill_paged(fa3c_context *ctx, cudaStream_t st, void *q, void *k, void *v, void *o) {
     const int64_t total = 16384, h = 16, d = 128, sizes[3] = {1, 16, 64};
     void *pt, *lens;
@@ -246,16 +263,8 @@ static void bench_prefill(fa3c_context *ctx, cudaStream_t st, const void *rnd) {
     for (int64_t d = 64; d <= 256; d *= 2)
         for (int64_t s = 512; s <= 16384; s *= 2)
             for (int causal = 0; causal <= 1; causal++) {
-                int64_t h = hidden / d, b = total / s, shp[4] = {b, s, h, d}, lshp[3] = {b, h, s};
-                fa3c_fwd_args a;
-                fa3c_fwd_args_init(&a);
-                a.q = dev_tensor(q, FA3C_DTYPE_BF16, 4, shp);
-                a.k = dev_tensor(k, FA3C_DTYPE_BF16, 4, shp);
-                a.v = dev_tensor(v, FA3C_DTYPE_BF16, 4, shp);
-                a.out = dev_tensor(o, FA3C_DTYPE_BF16, 4, shp);
-                a.softmax_lse = dev_tensor(lse, FA3C_DTYPE_F32, 3, lshp);
-                a.is_causal = causal;
-                a.num_splits = 1;
+                int64_t h = hidden / d, b = total / s;
+                fa3c_fwd_args a = prefill_args(q, k, v, FA3C_DTYPE_BF16, o, lse, b, s, h, d, causal);
                 float t = time_fwd(ctx, st, &a, 0, 1, 15);
                 double flops = 4.0 * b * h * (double)s * s * d / (causal ? 2 : 1);
                 printf("prefill,%lld,%lld,%d,%lld,%lld,%.1f,%.1f\n", (long long)s, (long long)b, causal, (long long)h,
@@ -349,20 +358,9 @@ static void bench_fp8(fa3c_context *ctx, cudaStream_t st, const void *rnd, const
     for (int64_t d = 128; d <= 256; d *= 2)
         for (int64_t s = 512; s <= 16384; s *= 2)
             for (int causal = 0; causal <= 1; causal++) {
-                int64_t h = hidden / d, b = total / s, shp[4] = {b, s, h, d}, lshp[3] = {b, h, s};
-                fa3c_fwd_args a8, a16;
-                fa3c_fwd_args_init(&a8);
-                a8.q = dev_tensor(q8, FA3C_DTYPE_E4M3, 4, shp);
-                a8.k = dev_tensor(k8, FA3C_DTYPE_E4M3, 4, shp);
-                a8.v = dev_tensor(v8, FA3C_DTYPE_E4M3, 4, shp);
-                a8.out = dev_tensor(o, FA3C_DTYPE_BF16, 4, shp);
-                a8.softmax_lse = dev_tensor(lse, FA3C_DTYPE_F32, 3, lshp);
-                a8.is_causal = causal;
-                a8.num_splits = 1;
-                a16 = a8;
-                a16.q = dev_tensor(q, FA3C_DTYPE_BF16, 4, shp);
-                a16.k = dev_tensor(k, FA3C_DTYPE_BF16, 4, shp);
-                a16.v = dev_tensor(v, FA3C_DTYPE_BF16, 4, shp);
+                int64_t h = hidden / d, b = total / s;
+                fa3c_fwd_args a8 = prefill_args(q8, k8, v8, FA3C_DTYPE_E4M3, o, lse, b, s, h, d, causal);
+                fa3c_fwd_args a16 = prefill_args(q, k, v, FA3C_DTYPE_BF16, o, lse, b, s, h, d, causal);
                 float t8 = time_fwd(ctx, st, &a8, 0, 1, 15), t16 = time_fwd(ctx, st, &a16, 0, 1, 15);
                 double flops = 4.0 * b * h * (double)s * s * d / (causal ? 2 : 1);
                 printf("prefill_fp8,%lld,%lld,%d,%lld,%lld,%.1f,%.1f,%.1f,%.1f,%.3f,%s,%s\n", (long long)s, (long long)b,
