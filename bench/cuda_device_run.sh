@@ -24,6 +24,8 @@
 #             (.base/ listed in .git/info/exclude, and named in the device call's carry)
 #   torch     bench/bench_torch_sdpa.py (torch SDPA anchors)
 #   ncu       one prefill launch under Nsight Compute
+#   ncu_times every prefill launch's duration, the first decode launches, and full profiles of
+#             three launches (d 128 / 256 at s 512, decode batch 1 / 1k)
 # Logs go under $OUT (the device tool's result folder); a summary goes
 # to stdout. Usage: bash bench/cuda_device_run.sh test,sweep,sanitize,bench,base
 set -uo pipefail
@@ -160,5 +162,20 @@ if [[ $steps == *,ncu,* ]]; then # one prefill launch (s = 16k, non-causal) unde
     grep -E "Duration|Throughput|Warp Cycles Per Issued|Stall|Achieved Occupancy|Registers|Issue Slots|Executed Ipc" \
         "$OUT/ncu_prefill.txt" | head -40
     stamp "ncu done"
+fi
+if [[ $steps == *,ncu_times,* ]]; then # every prefill launch's duration; the first decode shapes (batch 1)
+    timeout ${T_NCU:-200} ncu --csv --metrics gpu__time_duration.sum --kernel-name regex:'attn|combine|merge' \
+        "./$BUILD/fa3c_bench_cuda" prefill > "$OUT/ncu_times_prefill.csv" 2>&1 || rc=1
+    timeout ${T_NCU:-200} ncu --csv --metrics gpu__time_duration.sum --launch-count 200 \
+        "./$BUILD/fa3c_bench_cuda" decode 34 fill > "$OUT/ncu_times_decode.csv" 2>&1 || rc=1
+    # one launch each, every section: d 128 and d 256 at s = 512 non-causal (launches 193, 385 of
+    # the prefill sweep: 16 per shape), decode batch 1 / 1k
+    for skip in 193 385; do
+        timeout ${T_NCU:-200} ncu --set full --kernel-name regex:attn --launch-skip $skip --launch-count 1 \
+            "./$BUILD/fa3c_bench_cuda" prefill > "$OUT/ncu_full_prefill_$skip.txt" 2>&1 || rc=1
+    done
+    timeout ${T_NCU:-200} ncu --set full --launch-skip 5 --launch-count 1 \
+        "./$BUILD/fa3c_bench_cuda" decode 34 fill > "$OUT/ncu_full_decode_b1.txt" 2>&1 || rc=1
+    stamp "ncu_times done"
 fi
 exit $rc
