@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build the cuda backend, then the steps named in $1 (comma-separated):
 #   test      tests/test_cuda (GPU cases, CUDA-graph decode; again with FA3C_CUDA_SPLIT=exact, with
-#             FA3C_CUDA_SM90=0: the mma.sync kernels only, and with FA3C_CUDA_TMA=0: the wgmma
-#             kernel gathering every tile with cp.async) and tests/test_combine
+#             FA3C_CUDA_SM90=0: the mma.sync kernels only, with FA3C_CUDA_TMA=0: the wgmma
+#             kernel gathering every tile with cp.async, and with FA3C_CUDA_CTAS=3: the persistent
+#             wgmma kernel's CTAs walking many work items each; $TEST_ENVS replaces that list)
+#             and tests/test_combine
 #   sweep     the quick forward sweep (FA3C_SWEEP=quick tests/test_fwd_sweep) on cuda, with and
 #             without the wgmma kernels (the CPU backends run it in CI)
 #   sweep_full  the full forward sweep on cuda (330 cases)
@@ -14,9 +16,9 @@
 #   sanitize  compute-sanitizer memcheck and initcheck over every $SANITIZE_EVERY-th test_cuda case
 #             and the graph tests, memcheck over test_repeat (2 repeats); racecheck over every
 #             16th case and the graph tests
-#   bench     tools/bench_cuda.c ($BENCH_WHAT, default all): prefill, fp8 prefill next to bf16, and
+#   bench     tools/bench_cuda.c ($BENCH_WHAT, comma-separated sections, default all): prefill, fp8 prefill next to bf16, and
 #             decode and MLA decode once per split mode in $SPLIT_MODES; prefill again with
-#             FA3C_CUDA_SM90=0 (the mma.sync kernels)
+#             FA3C_CUDA_SM90=0 (the mma.sync kernels) unless BENCH_MMA_SYNC=0
 #   base      the same benchmark built from the cuda sources in .base/ (a copy of an earlier
 #             version: src/cuda/* and tools/bench_cuda.c), for before/after in one run. Make it with
 #             mkdir -p .base/cuda; for f in $(git ls-tree --name-only REV src/cuda/); do
@@ -33,6 +35,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fa3c-out}
 BUILD=${BUILD:-build-cuda2}
 SPLIT_MODES=${SPLIT_MODES:-fill,exact,max}
+BENCH_WHAT=${BENCH_WHAT:-all}
 mkdir -p "$OUT"
 steps=",${1:-test,bench},"
 t0=$(date +%s)
@@ -60,11 +63,7 @@ if [[ $steps == *,test,* ]]; then
     timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" > "$OUT/test_cuda.log" 2>&1 || rc=1
     grep -E "FAIL|graph|test_cuda:" "$OUT/test_cuda.log" | tail -40
     stamp "test_cuda done"
-    echo "=== FA3C_CUDA_SPLIT=exact" >> "$OUT/test_cuda.log"
-    FA3C_CUDA_SPLIT=exact timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" >> "$OUT/test_cuda.log" 2>&1 || rc=1
-    sed -n '/=== FA3C_CUDA_SPLIT=exact/,$p' "$OUT/test_cuda.log" | grep -E "FAIL|test_cuda:" | tail -20
-    stamp "test_cuda (exact splits) done"
-    for env in FA3C_CUDA_SM90=0 FA3C_CUDA_TMA=0; do
+    for env in ${TEST_ENVS:-FA3C_CUDA_SPLIT=exact FA3C_CUDA_SM90=0 FA3C_CUDA_TMA=0 FA3C_CUDA_CTAS=3}; do
         echo "=== $env" >> "$OUT/test_cuda.log"
         env $env timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" >> "$OUT/test_cuda.log" 2>&1 || rc=1
         sed -n "/=== $env/,\$p" "$OUT/test_cuda.log" | grep -E "FAIL|test_cuda:" | tail -20
@@ -91,11 +90,13 @@ if [[ $steps == *,sass,* ]]; then
     cat "$OUT/sass.log" | head -12
 fi
 if [[ $steps == *,bench,* ]]; then
-    timeout ${T_BENCH:-240} "./$BUILD/fa3c_bench_cuda" ${BENCH_WHAT:-all} ${BENCH_GIB:-34} "$SPLIT_MODES" \
-        > "$OUT/bench_fa3c.csv" 2>&1 || rc=1
+    for what in ${BENCH_WHAT//,/ }; do
+        timeout ${T_BENCH:-240} "./$BUILD/fa3c_bench_cuda" $what ${BENCH_GIB:-34} "$SPLIT_MODES" \
+            >> "$OUT/bench_fa3c.csv" 2>&1 || rc=1
+    done
     grep -vE "^decode,[a-z]+,[0-9]+,[0-9]+,(1|64)," "$OUT/bench_fa3c.csv" # page sizes 1 and 64: in the file
     stamp "bench done"
-    if [[ ${BENCH_WHAT:-all} != decode ]]; then # prefill again on the mma.sync kernels alone
+    if [[ ${BENCH_MMA_SYNC:-1} == 1 && ${BENCH_WHAT:-all} != decode ]]; then # prefill again on the mma.sync kernels
         FA3C_CUDA_SM90=0 timeout ${T_BENCH:-240} "./$BUILD/fa3c_bench_cuda" prefill > "$OUT/bench_mma_sync.csv" 2>&1 || rc=1
         sed 's/^prefill,/prefill_mma_sync,/' "$OUT/bench_mma_sync.csv" | grep "^prefill_mma_sync"
         stamp "bench (mma.sync prefill) done"

@@ -303,18 +303,18 @@ __device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, cons
     }
 }
 
-// The CTA's (sequence, grid head -- the kv head when packed --, split slot, m-block): blockIdx.x =
+// Work item `id`'s (sequence, grid head -- the kv head when packed --, split slot, m-block): id =
 // ((bi * grid_heads + head) * S + split) * num_m + (num_m - 1 - m_block), so the last (longest
-// under a causal mask) m-blocks of a head start first.
-__device__ __forceinline__ void attn_cta_coords(const cuda_attn_params &p, int *bi, int *head, int *split,
+// under a causal mask) m-blocks of a head come first. A CTA's item is its blockIdx.x, or (the
+// persistent wgmma kernel) blockIdx.x, + gridDim.x, ...
+__device__ __forceinline__ void attn_cta_coords(const cuda_attn_params &p, int64_t id, int *bi, int *head, int *split,
                                                 int *m_block) {
-    int64_t bid = blockIdx.x;
-    *m_block = p.num_m_blocks - 1 - (int)(bid % p.num_m_blocks);
-    bid /= p.num_m_blocks;
-    *split = (int)(bid % p.num_splits);
-    bid /= p.num_splits;
-    *head = (int)(bid % p.grid_heads);
-    *bi = (int)(bid / p.grid_heads);
+    *m_block = p.num_m_blocks - 1 - (int)(id % p.num_m_blocks);
+    id /= p.num_m_blocks;
+    *split = (int)(id % p.num_splits);
+    id /= p.num_splits;
+    *head = (int)(id % p.grid_heads);
+    *bi = (int)(id / p.grid_heads);
 }
 
 // The keys of a CTA (rows row0 .. row0 + bm - 1 of rows, tiles of bn keys) in split slot `split`:
@@ -593,7 +593,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int bi, head, split, m_block;
-    attn_cta_coords(p, &bi, &head, &split, &m_block);
+    attn_cta_coords(p, blockIdx.x, &bi, &head, &split, &m_block);
 
     // Before any return: warp-collective, and every CTA reaches the same verdict.
     const bool poison = !cuda_meta_ok(p.meta);

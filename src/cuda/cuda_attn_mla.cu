@@ -25,6 +25,7 @@
 #include "cuda/cuda_sm90_tile.cuh"
 
 #define MLA_THREADS 384
+#define MLA_PRODUCER_REGS 72
 #define MLA_BM 64
 #define MLA_BN 64
 #define MLA_D 64 // the q / k column block (d <= 64, zero-padded)
@@ -78,25 +79,17 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     const uint32_t full_q = smem + mla_off_bars(DV), full = full_q + 8, empty = full + 8 * NST;
 
     const int tid = threadIdx.x, lane = tid & 31;
-    int bi, head, split, m_block;
-    attn_cta_coords(p, &bi, &head, &split, &m_block);
     const bool poison = !cuda_meta_ok(p.meta); // warp-collective, before any return
-
-    const cuda_seqlens sl = cuda_seqlens_get(p.seq, bi);
-    const int g = p.pack_gqa ? p.g : 1;
-    const int seqlen_q = max(sl.seqlen_q, 0), seqlen_k = max(sl.seqlen_k, 0);
-    const int rows = seqlen_q * g, row0 = m_block * BM;
-    if (row0 >= rows) return;
-    const int hk = p.pack_gqa ? head : head / p.g;
-
-    int64_t slo, shi;
-    int kmin, kmax;
-    if (!attn_cta_keys(p, bi, seqlen_q, seqlen_k, g, row0, BM, rows, BN, split, &slo, &shi, &kmin, &kmax)) {
-        if (tid < ATTN_THREADS) attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
+    sm90_item w;
+    const int kind = sm90_item_get<BM, BN>(p, tma, blockIdx.x, &w);
+    if (kind == SM90_ITEM_NONE) return;
+    if (kind == SM90_ITEM_EMPTY_SPLIT) {
+        if (tid < ATTN_THREADS) attn_store_empty(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, BM, w.split, tid);
         return;
     }
-    if (tma.on && tma.paged_rows) kmin -= (sl.k_offset + kmin) & (tma.paged_rows - 1); // as in cuda_attn_sm90.cu
-    const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
+    const cuda_seqlens &sl = w.sl;
+    const int bi = w.bi, head = w.head, split = w.split, hk = w.hk, g = w.g, rows = w.rows, row0 = w.row0;
+    const int kmin = w.kmin, kmax = w.kmax, n_tiles = w.n_tiles;
 
     if (tid == 0) {
         sm90_mbar_init(full_q, 256); // q and qv: one arrival per producer thread each
@@ -108,7 +101,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     __syncthreads();
 
     if (tid < 128) { // ---------------------------------------------------------------- producer
-        sm90_regs_dec<SM90_PRODUCER_REGS>();
+        sm90_regs_dec<MLA_PRODUCER_REGS>();
         if (n_tiles == 0) return;
         sm90_load_q<MLA_D, BM>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows,
                                sQ, tid);
@@ -138,7 +131,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     }
 
     // ------------------------------------------------------------------------------- consumers
-    sm90_regs_inc<SM90_CONSUMER_REGS>();
+    sm90_regs_inc<sm90_consumer_regs(MLA_PRODUCER_REGS)>();
     // The warpgroup index through a shuffle: provably warp-uniform, so that ptxas does not take the
     // two warpgroups' wgmma paths for divergent code (and serialise them).
     const int ctid = tid - 128, cwg = __shfl_sync(0xffffffffu, ctid >> 7, 0), cwarp = (ctid >> 5) & 3;
@@ -147,7 +140,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     bool rvalid[2];
 #pragma unroll
     for (int e = 0; e < 2; e++)
-        attn_row_keys(p, row0 + r0 + 8 * e, rows, g, head, hk, seqlen_q, seqlen_k, slo, shi, &rvalid[e], &rtok[e],
+        attn_row_keys(p, row0 + r0 + 8 * e, rows, g, head, hk, w.seqlen_q, w.seqlen_k, w.slo, w.shi, &rvalid[e], &rtok[e],
                       &rhq[e], &rlo[e], &rhi[e]);
 
     float o[HALF / 2]; // O[:, cwg * dv/2 ..] of this thread's rows

@@ -4,14 +4,16 @@
 // other GPU; this kernel takes all of their run-time features but q rotary: masks, softcap, sinks,
 // paging with any page size, varlen, pack-GQA, split slots (exact or pieces).
 //
-// One CTA = 3 warpgroups on BM = 128 query rows of one (sequence, head, split slot):
-//   producer   (warpgroup 0, 56 registers a thread) copies the Q tile and NST stages of K and V
+// Persistent: a grid of (at most) as many CTAs as fit on the device at once, CTA c working on the
+// items c, c + gridDim.x, ... of BM = 128 query rows of one (sequence, head, split slot), so that
+// one item's epilogue overlaps the next one's loads. A CTA = 3 warpgroups:
+//   producer   (warpgroup 0, 72 or 88 registers) copies the Q tile and NST stages of K and V
 //              tiles (BN = 128 keys, 64 for d = 256) into 128-byte-swizzled shared memory: bulk
 //              tensor copies (TMA) of contiguous rows, cp.async gathers of paged rows, packed GQA
 //              rows and tail tiles. Each copy completes on an mbarrier (full), and a stage is
 //              refilled once its consumers released it (empty). For a paged cache the page ids of
 //              a tile are staged in shared memory first: any page size, one lookup per key row.
-//   consumers  (warpgroups 1 and 2, 224 registers a thread) own 64 rows each: S = Q K^T with
+//   consumers  (warpgroups 1 and 2, 216 or 208) own 64 rows each: S = Q K^T with
 //              wgmma from shared memory (64 x 128 fp32 in registers), the online softmax of
 //              cuda_attn.cuh in registers, then O += P V with P from registers and V from shared
 //              memory (B operand MN-major, so V needs no transpose). S of tile t is issued with
@@ -34,13 +36,15 @@ __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 
 // K/V stages: as many as fit beside the Q tile in 227 KB.
 __host__ __device__ constexpr int sm90_stages(int hd) { return hd <= 64 ? 4 : 2; }
 
+// Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0).
+__host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8) { return hd <= 128 && !fp8 ? 88 : 72; }
+
 // e4m3 staging buffers (a K and a V tile of rows as in memory): two where they fit beside the
 // fp16 stages, so that the gathers of tile t + 1 fly while tile t is converted; one for d = 256.
 __host__ __device__ constexpr int sm90_staging(int hd, int fp8) { return fp8 ? (hd <= 128 ? 2 : 1) : 0; }
 
 // Byte offsets in the (1024-aligned) shared memory: Q, K stages, V stages, e4m3 staging, 2 rows
-// of page ids, then the mbarriers (full Q; full K, full V, empty K, empty V per stage; full per
-// staging buffer).
+// of page ids, then the mbarriers (sm90_ring).
 __host__ __device__ constexpr int sm90_tile_bytes(int rows, int hd) { return rows * hd * 2; }
 __host__ __device__ constexpr int sm90_off_k(int hd) { return sm90_tile_bytes(SM90_BM, hd); }
 __host__ __device__ constexpr int sm90_off_v(int hd) {
@@ -56,9 +60,9 @@ __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8) {
     return sm90_off_pages(hd, fp8) + 2 * sm90_block_n(hd) * 4;
 }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
-// d 128 e4m3: 231,496 bytes of the 232,448 an H100 block may have.
+// d 128 e4m3: 231,504 bytes of the 232,448 an H100 block may have.
 __host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8) {
-    return (size_t)sm90_off_bars(hd, fp8) + (1 + 4 * sm90_stages(hd) + sm90_staging(hd, fp8)) * 8 + 1024;
+    return (size_t)sm90_off_bars(hd, fp8) + (2 + 4 * sm90_stages(hd) + sm90_staging(hd, fp8)) * 8 + 1024;
 }
 
 // 16 e4m3 values (chunk c of an e4m3 row) -> fp16 chunks 2c and 2c + 1 of row r of a swizzled
@@ -108,27 +112,26 @@ __device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *t
     }
 }
 
-// Producer, e4m3: the page ids and the K and V rows of tile u into staging buffer `buf` (K rows,
-// then V rows, HD bytes each), completing `full` with one arrival per producer thread: bulk
-// tensor copies of whole boxes (runs of box rows, as for 16-bit tiles), else cp.async gathers.
+// Producer, e4m3: the page ids (into pages) and the K and V rows of tile u of the item into
+// staging buffer `buf` (K rows, then V rows, HD bytes each), completing `full` with one arrival
+// per producer thread: bulk tensor copies of whole boxes (runs of box rows, as for 16-bit tiles),
+// else cp.async gathers.
 template <int HD, int BN>
-__device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, const cuda_tma &tma,
-                                                int hk, int kmin, int kmax, int u, int32_t *sPage, uint8_t *buf,
-                                                uint32_t full, int ptid) {
-    const int k0 = kmin + u * BN;
-    int32_t *pages = sPage + (u & 1) * BN;
-    if (p.page_table) sm90_stage_pages<BN>(p, sl, k0, kmax, pages, ptid);
-    if (!(tma.on && k0 + BN <= kmax)) {
-        const uint8_t *kb = (const uint8_t *)p.k + (int64_t)hk * p.k_sh;
-        const uint8_t *vb = (const uint8_t *)p.v + (int64_t)hk * p.v_sh;
-        sm90_gather_e4m3<HD, BN>(p, sl, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, buf, ptid);
-        sm90_gather_e4m3<HD, BN>(p, sl, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, buf + BN * HD, ptid);
+__device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
+                                                int u, int32_t *pages, uint8_t *buf, uint32_t full, int ptid) {
+    const int k0 = w.kmin + u * BN;
+    if (p.page_table) sm90_stage_pages<BN>(p, w.sl, k0, w.kmax, pages, ptid);
+    if (!(tma.on && k0 + BN <= w.kmax)) {
+        const uint8_t *kb = (const uint8_t *)p.k + (int64_t)w.hk * p.k_sh;
+        const uint8_t *vb = (const uint8_t *)p.v + (int64_t)w.hk * p.v_sh;
+        sm90_gather_e4m3<HD, BN>(p, w.sl, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, buf, ptid);
+        sm90_gather_e4m3<HD, BN>(p, w.sl, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, buf + BN * HD, ptid);
         sm90_mbar_arrive_cp_async(full);
         return;
     }
     const int box = tma.paged_rows ? tma.paged_rows : BN;
     int c[3] = {0, 0, 0};
-    if (ptid < BN / box) sm90_run_coords(p, sl, tma, pages, k0, ptid * box, hk, c);
+    if (ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
     if (ptid == 0) sm90_mbar_arrive_tx(full, 2 * BN * HD);
     else sm90_mbar_arrive(full);
     __syncwarp();
@@ -139,212 +142,249 @@ __device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const
     }
 }
 
-// BF: 1 bf16, 0 fp16, 2 e4m3 (fp16 GEMMs, bf16 out).
+// The shared-memory ring of the kernel: byte addresses of the tiles and the mbarriers
+// ([full Q][empty Q][full K x NST][full V x NST][empty K x NST][empty V x NST][full staging x
+// STG], 8 bytes each). Tile i of the CTA (counted over all its work items) uses stage i % NST
+// in phase (i / NST) & 1, and page-id row i & 1; its Q tile j (items with keys) phase j & 1.
+struct sm90_ring {
+    uint32_t q, k, v, full_q, empty_q, full_k, full_v, empty_k, empty_v, full_stg;
+    uint8_t *gen; // the generic address of q (the start of the ring)
+    int32_t *pages;
+};
+
+// Producer, 16-bit inputs: the Q tile of item w and its K and V tiles, ring tiles it ..
+template <int HD, int BN, int NST>
+__device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
+                                             const sm90_ring &r, int it, int ptid) {
+    constexpr int BM = SM90_BM;
+    if (!tma.q_on) {
+        sm90_load_q<HD, BM>(p, w.sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, w.bi, w.head, w.hk, w.g,
+                            w.row0, w.rows, r.q, ptid);
+        sm90_mbar_arrive_cp_async(r.full_q);
+    } else if (ptid == 0) { // rows of one head: the tile is a box (past the tensor's end: zeros)
+        const int qrow = w.sl.q_offset + w.row0, qb = tma.q_varlen ? 0 : w.bi;
+        sm90_mbar_arrive_tx(r.full_q, BM * HD * 2);
+#pragma unroll
+        for (int cb = 0; cb < HD / 64; cb++)
+            sm90_tma_load_4d(r.q + cb * BM * 128, &tma.q, cb * 64, tma.q_heads_first ? w.head : qrow,
+                             tma.q_heads_first ? qrow : w.head, qb, r.full_q);
+    } else {
+        sm90_mbar_arrive(r.full_q);
+    }
+    const uint16_t *kb = (const uint16_t *)p.k + (int64_t)w.hk * p.k_sh;
+    const uint16_t *vb = (const uint16_t *)p.v + (int64_t)w.hk * p.v_sh;
+    for (int t = 0; t < w.n_tiles; t++) {
+        const int i = it + t, st = i % NST;
+        const uint32_t ph = (uint32_t)(i / NST) & 1;
+        const int k0 = w.kmin + t * BN;
+        int32_t *pages = r.pages + (i & 1) * BN;
+        if (p.page_table) sm90_stage_pages<BN>(p, w.sl, k0, w.kmax, pages, ptid);
+        // Contiguous rows: bulk tensor copies of runs of box rows (the whole tile, or one page
+        // each when paged). The tail tile (rows past kmax) and other pages: cp.async,
+        // zero-filling past kmax (the copy engine would read rows whose V may hold NaN).
+        const bool bulk = tma.on && k0 + BN <= w.kmax;
+        const int box = tma.paged_rows ? tma.paged_rows : BN;
+        int c[3] = {0, 0, 0};
+        if (bulk && ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
+        sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
+        sm90_issue_tile<HD, BN>(p, w.sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, bulk, box, c,
+                                r.k + st * sm90_tile_bytes(BN, HD), r.full_k + 8 * st, ptid);
+        sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
+        sm90_issue_tile<HD, BN>(p, w.sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, bulk, box, c,
+                                r.v + st * sm90_tile_bytes(BN, HD), r.full_v + 8 * st, ptid);
+    }
+}
+
+// Producer, e4m3: Q converted synchronously; tile i's rows arrive in staging buffer i % STG
+// (issued STG - 1 tiles earlier within the item; with one buffer, in its own iteration) and are
+// converted into stage i % NST once the consumers released it.
+template <int HD, int BN, int NST, int STG>
+__device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
+                                                  const sm90_ring &r, int it, int ptid) {
+    sm90_load_q_e4m3<HD, SM90_BM>(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, r.gen, ptid);
+    sm90_fence_async_smem();
+    sm90_mbar_arrive(r.full_q);
+    uint8_t *stg = r.gen + sm90_off_staging(HD);
+    constexpr int SB = 2 * BN * HD; // bytes of one staging buffer (K then V)
+    if (STG == 2)
+        sm90_stage_e4m3<HD, BN>(p, tma, w, 0, r.pages + (it & 1) * BN, stg + (it % STG) * SB,
+                                r.full_stg + 8 * (it % STG), ptid);
+    for (int t = 0; t < w.n_tiles; t++) {
+        const int i = it + t, st = i % NST, u = t + STG - 1, j = it + u;
+        const uint32_t ph = (uint32_t)(i / NST) & 1;
+        if (u < w.n_tiles)
+            sm90_stage_e4m3<HD, BN>(p, tma, w, u, r.pages + (j & 1) * BN, stg + (j % STG) * SB,
+                                    r.full_stg + 8 * (j % STG), ptid);
+        sm90_mbar_wait(r.full_stg + 8 * (i % STG), (uint32_t)(i / STG) & 1);
+        const uint8_t *src = stg + (i % STG) * SB;
+        sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
+        sm90_convert_e4m3<HD, BN>(src, r.gen + sm90_off_k(HD) + st * sm90_tile_bytes(BN, HD), ptid);
+        sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
+        sm90_convert_e4m3<HD, BN>(src + BN * HD, r.gen + sm90_off_v(HD) + st * sm90_tile_bytes(BN, HD), ptid);
+        sm90_fence_async_smem();
+        sm90_mbar_arrive(r.full_k + 8 * st);
+        sm90_mbar_arrive(r.full_v + 8 * st);
+        sm90_named_sync(1, 128); // staging buffer i % STG is read before tile i + STG refills it
+    }
+}
+
+// BF: 1 bf16, 0 fp16, 2 e4m3 (fp16 GEMMs, bf16 out). Persistent: CTA c runs work items c, c +
+// gridDim.x, ... (attn_cta_coords); the producer loads the next item's Q and first K/V tiles while
+// the consumers finish and store the current one.
 template <int HD, int BF>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
 #if FA3C_SM90A
     constexpr int NST = sm90_stages(HD), DV = HD, BM = SM90_BM, BN = sm90_block_n(HD);
     constexpr int FP8 = BF == 2, CBF = FP8 ? 0 : BF, OBF = FP8 ? 1 : BF, STG = sm90_staging(HD, FP8);
+    constexpr int PREGS = sm90_producer_regs(HD, FP8);
     extern __shared__ uint8_t sm90_smem_raw[];
-    const uint32_t smem = (cuda_smem_addr(sm90_smem_raw) + 1023) & ~1023u;
-    uint8_t *smem_gen = sm90_smem_raw + (smem - cuda_smem_addr(sm90_smem_raw));
-    const uint32_t sQ = smem, sK = smem + sm90_off_k(HD), sV = smem + sm90_off_v(HD);
-    int32_t *sPage = (int32_t *)(smem_gen + sm90_off_pages(HD, FP8));
-    const uint32_t bar = smem + sm90_off_bars(HD, FP8);
-    // mbarriers: [full Q][full K x NST][full V x NST][empty K x NST][empty V x NST][full staging x
-    // STG], 8 bytes each.
-    const uint32_t full_q = bar, full_k = bar + 8, full_v = full_k + 8 * NST, empty_k = full_v + 8 * NST,
-                   empty_v = empty_k + 8 * NST, full_stg = empty_v + 8 * NST;
+    sm90_ring r;
+    r.q = (cuda_smem_addr(sm90_smem_raw) + 1023) & ~1023u;
+    r.gen = sm90_smem_raw + (r.q - cuda_smem_addr(sm90_smem_raw));
+    r.k = r.q + sm90_off_k(HD);
+    r.v = r.q + sm90_off_v(HD);
+    r.pages = (int32_t *)(r.gen + sm90_off_pages(HD, FP8));
+    r.full_q = r.q + sm90_off_bars(HD, FP8);
+    r.empty_q = r.full_q + 8;
+    r.full_k = r.empty_q + 8;
+    r.full_v = r.full_k + 8 * NST;
+    r.empty_k = r.full_v + 8 * NST;
+    r.empty_v = r.empty_k + 8 * NST;
+    r.full_stg = r.empty_v + 8 * NST;
 
     const int tid = threadIdx.x, lane = tid & 31;
-    int bi, head, split, m_block;
-    attn_cta_coords(p, &bi, &head, &split, &m_block);
-
     const bool poison = !cuda_meta_ok(p.meta); // warp-collective, before any return
-
-    const cuda_seqlens sl = cuda_seqlens_get(p.seq, bi);
-    const int g = p.pack_gqa ? p.g : 1;
-    const int seqlen_q = max(sl.seqlen_q, 0), seqlen_k = max(sl.seqlen_k, 0);
-    const int rows = seqlen_q * g, row0 = m_block * BM;
-    if (row0 >= rows) return;
-    const int hk = p.pack_gqa ? head : head / p.g;
-
-    int64_t slo, shi;
-    int kmin, kmax;
-    if (!attn_cta_keys(p, bi, seqlen_q, seqlen_k, g, row0, BM, rows, BN, split, &slo, &shi, &kmin, &kmax)) {
-        if (tid < ATTN_THREADS) attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
-        return;
-    }
-    // Paged bulk copies move whole boxes of a page: tiles start on a box boundary (the keys added
-    // before kmin are below every row's window, so they are masked).
-    if (tma.on && tma.paged_rows) kmin -= (sl.k_offset + kmin) & (tma.paged_rows - 1);
-    const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
+    const int64_t n_items = (int64_t)p.b * p.grid_heads * p.num_splits * p.num_m_blocks;
 
     if (tid == 0) {
-        sm90_mbar_init(full_q, 128);
+        sm90_mbar_init(r.full_q, 128);
+        sm90_mbar_init(r.empty_q, 8); // one arrival per consumer warp
         for (int s = 0; s < NST; s++) {
-            sm90_mbar_init(full_k + 8 * s, 128);
-            sm90_mbar_init(full_v + 8 * s, 128);
-            sm90_mbar_init(empty_k + 8 * s, 8); // one arrival per consumer warp
-            sm90_mbar_init(empty_v + 8 * s, 8);
+            sm90_mbar_init(r.full_k + 8 * s, 128);
+            sm90_mbar_init(r.full_v + 8 * s, 128);
+            sm90_mbar_init(r.empty_k + 8 * s, 8);
+            sm90_mbar_init(r.empty_v + 8 * s, 8);
         }
-        for (int s = 0; s < STG; s++) sm90_mbar_init(full_stg + 8 * s, 128);
+        for (int s = 0; s < STG; s++) sm90_mbar_init(r.full_stg + 8 * s, 128);
     }
     __syncthreads();
 
     if (tid < 128) { // ---------------------------------------------------------------- producer
-        sm90_regs_dec<SM90_PRODUCER_REGS>();
-        if (n_tiles == 0) return;
-        const int ptid = tid;
-        if constexpr (FP8) {
-            // Tile t: its rows arrive in staging buffer t % STG (issued STG - 1 iterations earlier;
-            // with one buffer, in this iteration) and are converted into stage t % NST once the
-            // consumers released it.
-            sm90_load_q_e4m3<HD, BM>(p, sl, bi, head, hk, g, row0, rows, smem_gen, ptid);
-            sm90_fence_async_smem();
-            sm90_mbar_arrive(full_q);
-            uint8_t *stg = smem_gen + sm90_off_staging(HD);
-            constexpr int SB = 2 * BN * HD; // bytes of one staging buffer (K then V)
-            if (STG == 2) sm90_stage_e4m3<HD, BN>(p, sl, tma, hk, kmin, kmax, 0, sPage, stg, full_stg, ptid);
-            for (int t = 0; t < n_tiles; t++) {
-                const int st = t % NST, u = t + STG - 1;
-                const uint32_t ph = (uint32_t)(t / NST) & 1;
-                if (u < n_tiles)
-                    sm90_stage_e4m3<HD, BN>(p, sl, tma, hk, kmin, kmax, u, sPage, stg + (u % STG) * SB,
-                                            full_stg + 8 * (u % STG), ptid);
-                sm90_mbar_wait(full_stg + 8 * (t % STG), (uint32_t)(t / STG) & 1);
-                const uint8_t *src = stg + (t % STG) * SB;
-                sm90_mbar_wait(empty_k + 8 * st, ph ^ 1);
-                sm90_convert_e4m3<HD, BN>(src, smem_gen + sm90_off_k(HD) + st * sm90_tile_bytes(BN, HD), ptid);
-                sm90_mbar_wait(empty_v + 8 * st, ph ^ 1);
-                sm90_convert_e4m3<HD, BN>(src + BN * HD, smem_gen + sm90_off_v(HD) + st * sm90_tile_bytes(BN, DV),
-                                          ptid);
-                sm90_fence_async_smem();
-                sm90_mbar_arrive(full_k + 8 * st);
-                sm90_mbar_arrive(full_v + 8 * st);
-                sm90_named_sync(1, 128); // staging buffer t % STG is read before tile t + STG refills it
-            }
-            cuda_cp_async_wait_all();
-            return;
-        }
-        if (!tma.q_on) {
-            sm90_load_q<HD, BM>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows, sQ,
-                                ptid);
-            sm90_mbar_arrive_cp_async(full_q);
-        } else if (ptid == 0) { // rows of one head: the tile is a box (past the tensor's end: zeros)
-            const int qrow = sl.q_offset + row0, qb = tma.q_varlen ? 0 : bi;
-            sm90_mbar_arrive_tx(full_q, BM * HD * 2);
-#pragma unroll
-            for (int cb = 0; cb < HD / 64; cb++)
-                sm90_tma_load_4d(sQ + cb * BM * 128, &tma.q, cb * 64, tma.q_heads_first ? head : qrow,
-                                 tma.q_heads_first ? qrow : head, qb, full_q);
-        } else {
-            sm90_mbar_arrive(full_q);
-        }
-        const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
-        const uint16_t *vb = (const uint16_t *)p.v + (int64_t)hk * p.v_sh;
-        for (int t = 0; t < n_tiles; t++) {
-            const int st = t % NST;
-            const uint32_t ph = (uint32_t)(t / NST) & 1;
-            const int k0 = kmin + t * BN;
-            int32_t *pages = sPage + (t & 1) * BN;
-            if (p.page_table) sm90_stage_pages<BN>(p, sl, k0, kmax, pages, ptid);
-            // Contiguous rows: bulk tensor copies of runs of box rows (the whole tile, or one page
-            // each when paged). The tail tile (rows past kmax) and other pages: cp.async,
-            // zero-filling past kmax (the copy engine would read rows whose V may hold NaN).
-            const bool bulk = tma.on && k0 + BN <= kmax;
-            const int box = tma.paged_rows ? tma.paged_rows : BN;
-            int c[3] = {0, 0, 0};
-            if (bulk && ptid < BN / box) sm90_run_coords(p, sl, tma, pages, k0, ptid * box, hk, c);
-            sm90_mbar_wait(empty_k + 8 * st, ph ^ 1);
-            sm90_issue_tile<HD, BN>(p, sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, bulk, box, c,
-                                    sK + st * sm90_tile_bytes(BN, HD), full_k + 8 * st, ptid);
-            sm90_mbar_wait(empty_v + 8 * st, ph ^ 1);
-            sm90_issue_tile<DV, BN>(p, sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, bulk, box, c,
-                                    sV + st * sm90_tile_bytes(BN, DV), full_v + 8 * st, ptid);
+        sm90_regs_dec<PREGS>();
+        int it = 0, qi = 0; // ring tiles and Q tiles so far
+        for (int64_t id = blockIdx.x; id < n_items; id += gridDim.x) {
+            sm90_item w;
+            if (sm90_item_get<BM, BN>(p, tma, id, &w) != SM90_ITEM_RUN || w.n_tiles == 0) continue;
+            sm90_mbar_wait(r.empty_q, (uint32_t)(qi & 1) ^ 1); // the last item's Q . K^T are done
+            if constexpr (FP8) sm90_produce_e4m3<HD, BN, NST, STG>(p, tma, w, r, it, tid);
+            else sm90_produce<HD, BN, NST>(p, tma, w, r, it, tid);
+            it += w.n_tiles;
+            qi++;
         }
         cuda_cp_async_wait_all();
         return;
     }
 
     // ------------------------------------------------------------------------------- consumers
-    sm90_regs_inc<SM90_CONSUMER_REGS>();
+    sm90_regs_inc<sm90_consumer_regs(PREGS)>();
     const int ctid = tid - 128, cwg = ctid >> 7, cwarp = (ctid >> 5) & 3;
     const int wrow0 = cwg * 64 + cwarp * 16; // this warp's 16 rows of the tile
-    int rlo[2], rhi[2], rtok[2], rhq[2];
-    bool rvalid[2];
-#pragma unroll
-    for (int e = 0; e < 2; e++)
-        attn_row_keys(p, row0 + wrow0 + (lane >> 2) + 8 * e, rows, g, head, hk, seqlen_q, seqlen_k, slo, shi,
-                      &rvalid[e], &rtok[e], &rhq[e], &rlo[e], &rhi[e]);
-    int flo, fhi;
-    attn_warp_keys<2>(rvalid, rlo, rhi, &flo, &fhi);
-
-    float o[DV / 2];
-#pragma unroll
-    for (int i = 0; i < DV / 2; i++) o[i] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    float (&o4)[DV / 8][4] = *reinterpret_cast<float (*)[DV / 8][4]>(&o);
-    const float qk_ds = FP8 ? cuda_descale(p.q_ds, p.qd_sb, p.qd_sh, bi, hk) * cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, bi, hk)
-                            : 1.0f;
-
-    // Tile t: S_t = Q K_t^T is issued together with O += P_{t-1} V_{t-1}; the softmax of S_t runs
-    // while the tensor cores still work on P.V, and O is rescaled once that is done.
-    const uint32_t q_base = sQ + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
-    float s[BN / 2];
-    float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
-    uint32_t pa[BN / 16][4]; // P_{t-1} rounded to the input dtype: the A fragments of P.V
-    float corr[2];
-    if (n_tiles > 0) sm90_mbar_wait(full_q, 0);
-    for (int t = 0; t < n_tiles; t++) {
-        const int st = t % NST, pst = (t + NST - 1) % NST;
-        const uint32_t ph = (uint32_t)(t / NST) & 1, pph = (uint32_t)((t - 1) / NST) & 1;
-        sm90_mbar_wait(full_k + 8 * st, ph);
-        sm90_wgmma_fence();
-        sm90_qk<HD, BM, BN, CBF>(s, q_base, sK + st * sm90_tile_bytes(BN, HD));
-        sm90_wgmma_commit();
-        if (t > 0) {
-            sm90_mbar_wait(full_v + 8 * pst, pph);
-            sm90_pv<DV, BN, CBF>(o, pa, sV + pst * sm90_tile_bytes(BN, DV));
-            sm90_wgmma_commit();
-            sm90_wgmma_wait<1>();
-        } else {
-            sm90_wgmma_wait<0>();
+    const uint32_t q_base = r.q + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
+    int it = 0, qi = 0;
+    for (int64_t id = blockIdx.x; id < n_items; id += gridDim.x) {
+        sm90_item w;
+        // Shuffled: provably warp-uniform, else ptxas takes the wgmma below for divergent code
+        // and serialises it (C7520).
+        const int kind = __shfl_sync(0xffffffffu, sm90_item_get<BM, BN>(p, tma, id, &w), 0);
+        if (kind == SM90_ITEM_NONE) continue;
+        if (kind == SM90_ITEM_EMPTY_SPLIT) {
+            if (ctid < ATTN_THREADS)
+                attn_store_empty(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, BM, w.split, ctid);
+            continue;
         }
-        sm90_fence_regs(s);
-        __syncwarp();
-        if (lane == 0) sm90_mbar_arrive(empty_k + 8 * st);
+        int rlo[2], rhi[2], rtok[2], rhq[2];
+        bool rvalid[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+            attn_row_keys(p, w.row0 + wrow0 + (lane >> 2) + 8 * e, w.rows, w.g, w.head, w.hk, w.seqlen_q, w.seqlen_k,
+                          w.slo, w.shi, &rvalid[e], &rtok[e], &rhq[e], &rlo[e], &rhi[e]);
+        int flo, fhi;
+        attn_warp_keys<2>(rvalid, rlo, rhi, &flo, &fhi);
 
-        const int k0 = kmin + t * BN;
-        attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
-        if (t > 0) {
+        float o[DV / 2];
+#pragma unroll
+        for (int i = 0; i < DV / 2; i++) o[i] = 0.0f;
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+        float (&o4)[DV / 8][4] = *reinterpret_cast<float (*)[DV / 8][4]>(&o);
+        const float qk_ds = FP8 ? cuda_descale(p.q_ds, p.qd_sb, p.qd_sh, w.bi, w.hk) *
+                                      cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, w.bi, w.hk)
+                                : 1.0f;
+
+        // Tile t: S_t = Q K_t^T is issued together with O += P_{t-1} V_{t-1}; the softmax of S_t
+        // runs while the tensor cores still work on P.V, and O is rescaled once that is done.
+        float s[BN / 2];
+        float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
+        uint32_t pa[BN / 16][4]; // P_{t-1} rounded to the input dtype: the A fragments of P.V
+        float corr[2];
+        const int n_tiles = __shfl_sync(0xffffffffu, w.n_tiles, 0);
+        if (n_tiles > 0) sm90_mbar_wait(r.full_q, (uint32_t)qi & 1);
+        for (int t = 0; t < n_tiles; t++) {
+            const int i = it + t, st = i % NST, pst = (i + NST - 1) % NST;
+            const uint32_t ph = (uint32_t)(i / NST) & 1, pph = (uint32_t)((i - 1) / NST) & 1;
+            sm90_mbar_wait(r.full_k + 8 * st, ph);
+            sm90_wgmma_fence();
+            sm90_qk<HD, BM, BN, CBF>(s, q_base, r.k + st * sm90_tile_bytes(BN, HD));
+            sm90_wgmma_commit();
+            if (t > 0) {
+                sm90_mbar_wait(r.full_v + 8 * pst, pph);
+                sm90_pv<DV, BN, CBF>(o, pa, r.v + pst * sm90_tile_bytes(BN, DV));
+                sm90_wgmma_commit();
+                sm90_wgmma_wait<1>();
+            } else {
+                sm90_wgmma_wait<0>();
+            }
+            sm90_fence_regs(s);
+            __syncwarp();
+            if (lane == 0) {
+                sm90_mbar_arrive(r.empty_k + 8 * st);
+                if (t == n_tiles - 1) sm90_mbar_arrive(r.empty_q);
+            }
+
+            const int k0 = w.kmin + t * BN;
+            attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
+            if (t > 0) {
+                sm90_wgmma_wait<0>();
+                sm90_fence_regs(o);
+                __syncwarp();
+                if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * pst);
+                attn_rescale<DV / 8>(o4, corr);
+            }
+            sm90_pack_p<BN, CBF>(s4, pa);
+        }
+        if (n_tiles > 0) { // O += P V of the last tile
+            const int i = it + n_tiles - 1, st = i % NST;
+            sm90_mbar_wait(r.full_v + 8 * st, (uint32_t)(i / NST) & 1);
+            sm90_wgmma_fence();
+            sm90_pv<DV, BN, CBF>(o, pa, r.v + st * sm90_tile_bytes(BN, DV));
+            sm90_wgmma_commit();
             sm90_wgmma_wait<0>();
             sm90_fence_regs(o);
             __syncwarp();
-            if (lane == 0) sm90_mbar_arrive(empty_v + 8 * pst);
-            attn_rescale<DV / 8>(o4, corr);
+            if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * st);
+            it += n_tiles;
+            qi++;
         }
-        sm90_pack_p<BN, CBF>(s4, pa);
-    }
-    if (n_tiles > 0) { // O += P V of the last tile
-        const int st = (n_tiles - 1) % NST;
-        sm90_mbar_wait(full_v + 8 * st, (uint32_t)((n_tiles - 1) / NST) & 1);
-        sm90_wgmma_fence();
-        sm90_pv<DV, BN, CBF>(o, pa, sV + st * sm90_tile_bytes(BN, DV));
-        sm90_wgmma_commit();
-        sm90_wgmma_wait<0>();
-        sm90_fence_regs(o);
-    }
 
 #pragma unroll
-    for (int e = 0; e < 2; e++) {
-        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
-        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+        for (int e = 0; e < 2; e++) {
+            l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
+            l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+        }
+        const float v_ds = FP8 ? cuda_descale(p.v_ds, p.vd_sb, p.vd_sh, w.bi, w.hk) : 1.0f;
+        attn_store_tile<OBF, DV / 8>(p, w.bi, w.sl.q_offset, w.split, rvalid, rtok, rhq, o4, m, l, v_ds,
+                                     p.sinks && w.split == 0, poison, lane, 0, true);
     }
-    const float v_ds = FP8 ? cuda_descale(p.v_ds, p.vd_sb, p.vd_sh, bi, hk) : 1.0f;
-    attn_store_tile<OBF, DV / 8>(p, bi, sl.q_offset, split, rvalid, rtok, rhq, o4, m, l, v_ds, p.sinks && split == 0,
-                                 poison, lane, 0, true);
 #endif
 }
 
@@ -352,6 +392,7 @@ template <int HD, int BF>
 static cudaError_t sm90_launch(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream) {
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
+    if (p->ctas > 0 && p->ctas < blocks) blocks = p->ctas;
     attn_sm90_kernel<HD, BF><<<(unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD, BF == 2), stream>>>(*p, *tma);
     return cudaGetLastError();
 }

@@ -103,6 +103,20 @@ static fa3c_status sm90_from_env(int *on) {
     return FA3C_OK;
 }
 
+// $FA3C_CUDA_CTAS: the persistent wgmma kernel's grid: unset, SMs x resident CTAs; 0, one CTA per
+// work item (no CTA walks two); N, at most N CTAs (tests force many items a CTA with a small N).
+static fa3c_status ctas_from_env(int *ctas) {
+    const char *v = getenv("FA3C_CUDA_CTAS");
+    *ctas = -1;
+    if (!v || !*v) return FA3C_OK;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < 0 || n > (1 << 30))
+        return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "FA3C_CUDA_CTAS: expected a count >= 0, got \"%s\"", v);
+    *ctas = (int)n;
+    return FA3C_OK;
+}
+
 static void state_free(cuda_state *st) {
     if (st->ws.ptr) cudaFree(st->ws.ptr);
     if (st->counts.ptr) cudaFree(st->counts.ptr);
@@ -123,9 +137,10 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     if (prop.major < 8)
         return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: device %d (%s) has compute capability %d.%d; the cuda "
                          "backend needs 8.0 or newer", (int)opt->device_index, prop.name, prop.major, prop.minor);
-    int split_mode, sm90;
+    int split_mode, sm90, ctas;
     FA3C_TRY(split_mode_from_env(&split_mode));
     FA3C_TRY(sm90_from_env(&sm90));
+    FA3C_TRY(ctas_from_env(&ctas));
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     int *occ = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
     if (!st || !occ) {
@@ -140,6 +155,7 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     st->smem_optin = prop.sharedMemPerBlockOptin;
     st->occupancy = occ;
     st->split_mode = split_mode;
+    st->ctas = ctas;
     st->sm90 = sm90 && prop.major == 9;
     // The bulk-copy tensor-map encoder (driver API, fetched through the runtime); $FA3C_CUDA_TMA=0
     // leaves it out, so the wgmma kernel gathers every tile with cp.async (tests force both paths).
@@ -753,6 +769,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.splits_dyn = splits;
     ap.counts = counts;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
+    if (!simple) ap.ctas = cst->ctas >= 0 ? cst->ctas : cst->num_sm * cst->occupancy[choice->kernel];
     if (simple) FA3C_TRY(run_simple(p, &ap, stream));
     else if (ap.num_m_blocks > 0) {
         cuda_tma tma;

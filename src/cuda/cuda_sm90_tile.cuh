@@ -8,12 +8,47 @@
 #include "cuda/cuda_attn.cuh"
 #include "cuda/cuda_sm90.cuh"
 
-#define SM90_PRODUCER_REGS 56
-#define SM90_CONSUMER_REGS 224 // 128 x 56 + 256 x 224 <= 64K registers of the SM
+// setmaxnreg split of the CTA's 384 x 168 registers: the 128 producer threads keep P, the 256
+// consumer threads get (504 - P) / 2 (P = 56 -> 224, 72 -> 216, 88 -> 208); both multiples of 8.
+__host__ __device__ constexpr int sm90_consumer_regs(int producer_regs) { return (504 - producer_regs) / 2; }
 
 // Byte offset of 16-byte chunk c of row r in a tile of `rows` rows.
 __device__ __forceinline__ uint32_t sm90_swizzle(int r, int c, int rows) {
     return (uint32_t)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+
+// A work item of the wgmma kernels (attn_cta_coords' id): coordinates, lengths and keys, which
+// producer and consumers derive alike (so both agree on every item's tile count).
+struct sm90_item {
+    cuda_seqlens sl;
+    int bi, head, split, hk, g, seqlen_q, seqlen_k, rows, row0, kmin, kmax, n_tiles;
+    int64_t slo, shi;
+};
+enum { SM90_ITEM_NONE = 0, SM90_ITEM_RUN = 1, SM90_ITEM_EMPTY_SPLIT = 2 };
+
+// NONE: the m-block starts past the sequence's rows; EMPTY_SPLIT: an exact split slot the
+// sequence does not use (empty partials); RUN: keys [kmin, kmax) in n_tiles tiles of BN (0: out
+// 0, lse -inf). Paged bulk copies move whole boxes of a page, so tiles then start on a box boundary
+// (the keys added before kmin are below every row's window: masked).
+template <int BM, int BN>
+__device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cuda_tma &tma, int64_t id,
+                                             sm90_item *w) {
+    int m_block;
+    attn_cta_coords(p, id, &w->bi, &w->head, &w->split, &m_block);
+    w->sl = cuda_seqlens_get(p.seq, w->bi);
+    w->g = p.pack_gqa ? p.g : 1;
+    w->seqlen_q = max(w->sl.seqlen_q, 0);
+    w->seqlen_k = max(w->sl.seqlen_k, 0);
+    w->rows = w->seqlen_q * w->g;
+    w->row0 = m_block * BM;
+    if (w->row0 >= w->rows) return SM90_ITEM_NONE;
+    w->hk = p.pack_gqa ? w->head : w->head / p.g;
+    if (!attn_cta_keys(p, w->bi, w->seqlen_q, w->seqlen_k, w->g, w->row0, BM, w->rows, BN, w->split, &w->slo,
+                       &w->shi, &w->kmin, &w->kmax))
+        return SM90_ITEM_EMPTY_SPLIT;
+    if (tma.on && tma.paged_rows) w->kmin -= (w->sl.k_offset + w->kmin) & (tma.paged_rows - 1);
+    w->n_tiles = w->kmax > w->kmin ? (w->kmax - w->kmin + BN - 1) / BN : 0;
+    return SM90_ITEM_RUN;
 }
 
 // Producer: the BM query-side rows row0 .. of a tile from `base` (q, or qv: (b, s_q, h, x) with
