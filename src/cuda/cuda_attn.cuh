@@ -549,17 +549,18 @@ __device__ __forceinline__ void attn_combine_slots(const cuda_attn_params &p, co
         if (lane == 0) sLse[r] = M == -INFINITY ? -INFINITY : M + logf(L);
     }
     __syncthreads();
-    for (int idx = tid; idx < nrow * DV; idx += ATTN_THREADS) {
-        int r = idx / DV, col = idx % DV, i, hq;
-        if (col >= p.dv) continue;
+    // 4 columns a thread (dv is a multiple of 8; the workspace partials' rows are 16-byte aligned).
+    const int dv4 = p.dv / 4;
+    for (int idx = tid; idx < nrow * dv4; idx += ATTN_THREADS) {
+        int r = idx / dv4, col = idx % dv4 * 4, i, hq;
         attn_row(p, row0 + r, g, head, hk, &i, &hq);
         const int64_t tok = sl.q_offset + i;
-        const float *op = p.oacc + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col, *w = sW + r * W;
-        float acc = 0.0f;
-        for (int s = 0; s < W; s++)
-            if (w[s] >= 0.0f) acc += w[s] * __ldcg(op + s * p.oa_ss);
+        const float *op = p.oacc + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col;
+        float4 acc = cuda_weighted_slots(sW + r * W, (const float4 *)op, p.oa_ss / 4, W);
+        if (poison) acc = make_float4(NAN, NAN, NAN, NAN);
         uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
-        *dst = cuda_from_f32<BF>(poison ? NAN : acc);
+        dst[0] = cuda_from_f32<BF>(acc.x), dst[1] = cuda_from_f32<BF>(acc.y);
+        dst[2] = cuda_from_f32<BF>(acc.z), dst[3] = cuda_from_f32<BF>(acc.w);
         if (col == 0 && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = poison ? NAN : sLse[r];
     }
 }

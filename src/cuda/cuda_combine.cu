@@ -50,9 +50,7 @@ __global__ void __launch_bounds__(COMBINE_WARPS * 32) combine_kernel(const __gri
     const float *op = p.op + bi * p.op_sb + tok * p.op_sr + hq * p.op_sh;
     int64_t ob = bi * p.o_sb + tok * p.o_sr + hq * p.o_sh;
     for (int c = lane; c < p.dv; c += 32) {
-        float acc = 0.0f;
-        for (int s = 0; s < S; s++)
-            if (w[s] >= 0.0f) acc += w[s] * op[s * p.op_ss + c];
+        const float acc = cuda_weighted_slots(w, op + c, p.op_ss, S);
         cuda_store_float(p.out, p.out_dtype, ob + c, poison ? NAN : acc);
     }
     if (lane == 0 && p.lse)

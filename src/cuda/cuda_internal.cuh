@@ -191,6 +191,30 @@ __device__ __forceinline__ void cuda_store_float(void *p, int dtype, int64_t i, 
     else ((uint16_t *)p)[i] = cuda_f32_to_f16_bits(x);
 }
 
+// The combine's weighted sum over S slots: sum of w[s] * x[s * stride] over the slots with
+// w[s] >= 0 (the others' partials may hold anything, NaN included), in slot order. The loads of 8
+// slots are issued before any is used, so that a combine waits for about S / 8 memory round trips
+// instead of S (they are unconditional within the S slots, which are all in bounds). T: float,
+// or float4 for 4 columns at once.
+__device__ __forceinline__ void cuda_axpy(float &acc, float w, float x) { acc += w * x; }
+__device__ __forceinline__ void cuda_axpy(float4 &acc, float w, float4 x) {
+    acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
+}
+template <typename T>
+__device__ __forceinline__ T cuda_weighted_slots(const float *w, const T *x, int64_t stride, int S) {
+    T acc = {};
+    for (int s = 0; s < S; s += 8) {
+        T v[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (s + j < S) v[j] = __ldcg(x + (int64_t)(s + j) * stride);
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (s + j < S && w[s + j] >= 0.0f) cuda_axpy(acc, w[s + j], v[j]);
+    }
+    return acc;
+}
+
 // e4m3fn (fa3c_e4m3_to_f32 / fa3c_f32_to_e4m3): no infinities, 0x7F/0xFF NaN, max 448; values
 // rounding past 448 (and inf/NaN) become NaN, as torch's cast does.
 __device__ __forceinline__ float cuda_e4m3_to_f32(uint8_t x) {
