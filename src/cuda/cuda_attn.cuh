@@ -305,16 +305,16 @@ __device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, cons
 
 // Work item `id`'s (sequence, grid head -- the kv head when packed --, split slot, m-block): id =
 // ((bi * grid_heads + head) * S + split) * num_m + (num_m - 1 - m_block), so the last (longest
-// under a causal mask) m-blocks of a head come first. A CTA's item is its blockIdx.x, or (the
-// persistent wgmma kernel) blockIdx.x, + gridDim.x, ...
-__device__ __forceinline__ void attn_cta_coords(const cuda_attn_params &p, int64_t id, int *bi, int *head, int *split,
+// under a causal mask) m-blocks of a head come first. A CTA's item is its blockIdx.x (the grid has
+// one CTA per item, fewer than 2^31), or (the persistent wgmma kernel) ids from a counter.
+__device__ __forceinline__ void attn_cta_coords(const cuda_attn_params &p, unsigned id, int *bi, int *head, int *split,
                                                 int *m_block) {
-    *m_block = p.num_m_blocks - 1 - (int)(id % p.num_m_blocks);
-    id /= p.num_m_blocks;
-    *split = (int)(id % p.num_splits);
-    id /= p.num_splits;
-    *head = (int)(id % p.grid_heads);
-    *bi = (int)(id / p.grid_heads);
+    *m_block = p.num_m_blocks - 1 - (int)(id % (unsigned)p.num_m_blocks);
+    id /= (unsigned)p.num_m_blocks;
+    *split = (int)(id % (unsigned)p.num_splits);
+    id /= (unsigned)p.num_splits;
+    *head = (int)(id % (unsigned)p.grid_heads);
+    *bi = (int)(id / (unsigned)p.grid_heads);
 }
 
 // The keys of a CTA (rows row0 .. row0 + bm - 1 of rows, tiles of bn keys) in split slot `split`:

@@ -120,6 +120,7 @@ static fa3c_status ctas_from_env(int *ctas) {
 static void state_free(cuda_state *st) {
     if (st->ws.ptr) cudaFree(st->ws.ptr);
     if (st->counts.ptr) cudaFree(st->counts.ptr);
+    if (st->sched) cudaFree(st->sched);
     for (int i = 0; i < st->n_retired; i++) cudaFree(st->retired[i]);
     free(st->retired);
     free(st->occupancy);
@@ -166,6 +167,14 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
                                              &q) != cudaSuccess || q != cudaDriverEntryPointSuccess) {
             st->tma_encode = NULL;
             (void)cudaGetLastError(); // no TMA is not an error of the next launch
+        }
+    }
+    if (st->sm90) { // allocated here, so that a first forward may be captured into a CUDA graph
+        cudaError_t err = cudaMalloc((void **)&st->sched, 2 * sizeof(int32_t));
+        if (err == cudaSuccess) err = cudaMemset(st->sched, 0, 2 * sizeof(int32_t));
+        if (err != cudaSuccess) {
+            state_free(st);
+            return cuda_fail(err, "scheduler counters");
         }
     }
     // The shared-memory opt-in is a per-device property of each kernel; the occupancy follows it.
@@ -770,6 +779,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.counts = counts;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
     if (!simple) ap.ctas = cst->ctas >= 0 ? cst->ctas : cst->num_sm * cst->occupancy[choice->kernel];
+    ap.sched = cst->sched;
     if (simple) FA3C_TRY(run_simple(p, &ap, stream));
     else if (ap.num_m_blocks > 0) {
         cuda_tma tma;

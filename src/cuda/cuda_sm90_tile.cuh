@@ -31,7 +31,7 @@ enum { SM90_ITEM_NONE = 0, SM90_ITEM_RUN = 1, SM90_ITEM_EMPTY_SPLIT = 2 };
 // 0, lse -inf). Paged bulk copies move whole boxes of a page, so tiles then start on a box boundary
 // (the keys added before kmin are below every row's window: masked).
 template <int BM, int BN>
-__device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cuda_tma &tma, int64_t id,
+__device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cuda_tma &tma, unsigned id,
                                              sm90_item *w) {
     int m_block;
     attn_cta_coords(p, id, &w->bi, &w->head, &w->split, &m_block);
