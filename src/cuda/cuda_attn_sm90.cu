@@ -20,9 +20,11 @@
 //              P.V of tile t - 1, so a warpgroup's softmax runs under its own P.V; the two
 //              warpgroups run independently, so one's softmax also overlaps the other's wgmma.
 // e4m3 inputs (BF = 2): the producer copies e4m3 rows into staging buffers (bulk tensor copies,
-// or cp.async gathers as above) and converts them -- exactly -- into the fp16 tiles the consumers
-// read (Q once, synchronously), so the GEMMs run in fp16 with fp32 accumulation and P stays fp16;
-// q * k descales scale the scores, the v descale O, and the output is bf16.
+// or cp.async gathers as above). d = 128: it swizzles Q and K into 8-bit tiles and transposes V
+// (8-bit wgmma operands are K-major only), and the GEMMs run on e4m3 (k32) with P rounded to
+// e4m3, as FA3 does. d = 64 and 256: it converts them -- exactly -- into fp16 tiles, so the GEMMs
+// run in fp16 and P stays fp16. Both: fp32 accumulation, q * k descales scale the scores, the v
+// descale O, and the output is bf16.
 //
 // Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
@@ -33,8 +35,12 @@
 
 // Keys per tile: 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
 __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 : 64; }
+// e4m3 with d = 128 stays e4m3 in the ring (FP8 "native": wgmma's 8-bit k32 form, V transposed by
+// the producer); other e4m3 head dims are converted to fp16 tiles. Bytes of a ring element:
+__host__ __device__ constexpr bool sm90_native(int hd, int fp8) { return fp8 && hd == 128; }
+__host__ __device__ constexpr int sm90_es(int hd, int fp8) { return sm90_native(hd, fp8) ? 1 : 2; }
 // K/V stages: as many as fit beside the Q tile in 227 KB.
-__host__ __device__ constexpr int sm90_stages(int hd) { return hd <= 64 ? 4 : 2; }
+__host__ __device__ constexpr int sm90_stages(int hd, int fp8) { return hd <= 64 || sm90_native(hd, fp8) ? 4 : 2; }
 
 // Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0).
 __host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8) { return hd <= 128 && !fp8 ? 88 : 72; }
@@ -45,23 +51,25 @@ __host__ __device__ constexpr int sm90_staging(int hd, int fp8) { return fp8 ? (
 
 // Byte offsets in the (1024-aligned) shared memory: Q, K stages, V stages, e4m3 staging, 2 rows
 // of page ids, then the mbarriers (sm90_ring).
-__host__ __device__ constexpr int sm90_tile_bytes(int rows, int hd) { return rows * hd * 2; }
-__host__ __device__ constexpr int sm90_off_k(int hd) { return sm90_tile_bytes(SM90_BM, hd); }
-__host__ __device__ constexpr int sm90_off_v(int hd) {
-    return sm90_off_k(hd) + sm90_stages(hd) * sm90_tile_bytes(sm90_block_n(hd), hd);
+__host__ __device__ constexpr int sm90_tile_bytes(int rows, int hd, int es) { return rows * hd * es; }
+__host__ __device__ constexpr int sm90_off_k(int hd, int fp8) { return sm90_tile_bytes(SM90_BM, hd, sm90_es(hd, fp8)); }
+__host__ __device__ constexpr int sm90_off_v(int hd, int fp8) {
+    return sm90_off_k(hd, fp8) + sm90_stages(hd, fp8) * sm90_tile_bytes(sm90_block_n(hd), hd, sm90_es(hd, fp8));
 }
-__host__ __device__ constexpr int sm90_off_staging(int hd) {
-    return sm90_off_v(hd) + sm90_stages(hd) * sm90_tile_bytes(sm90_block_n(hd), hd);
+__host__ __device__ constexpr int sm90_off_staging(int hd, int fp8) {
+    return sm90_off_v(hd, fp8) + sm90_stages(hd, fp8) * sm90_tile_bytes(sm90_block_n(hd), hd, sm90_es(hd, fp8));
 }
 __host__ __device__ constexpr int sm90_off_pages(int hd, int fp8) {
-    return sm90_off_staging(hd) + sm90_staging(hd, fp8) * 2 * sm90_block_n(hd) * hd;
+    return sm90_off_staging(hd, fp8) + sm90_staging(hd, fp8) * 2 * sm90_block_n(hd) * hd;
 }
 __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8) {
     return sm90_off_pages(hd, fp8) + 2 * sm90_block_n(hd) * 4;
 }
-__host__ __device__ constexpr int sm90_n_bars(int hd, int fp8) { return 6 + 4 * sm90_stages(hd) + sm90_staging(hd, fp8); }
+__host__ __device__ constexpr int sm90_n_bars(int hd, int fp8) {
+    return 6 + 4 * sm90_stages(hd, fp8) + sm90_staging(hd, fp8);
+}
 // + 16: the work-item slots after the mbarriers; + 1024: the dynamic shared memory base is
-// aligned up to the swizzle atom inside the kernel. d 128 e4m3: 231,568 bytes of the 232,448 an
+// aligned up to the swizzle atom inside the kernel. d 256 bf16: 198,784 bytes of the 232,448 an
 // H100 block may have.
 __host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8) {
     return (size_t)sm90_off_bars(hd, fp8) + sm90_n_bars(hd, fp8) * 8 + 16 + 1024;
@@ -74,14 +82,17 @@ __device__ __forceinline__ void sm90_store_e4m3x16(uint8_t *tile, int r, int c, 
                            (uint4 *)(tile + sm90_swizzle(r, 2 * c + 1, rows)));
 }
 
-// Producer, e4m3: the Q tile converted to fp16 (rows >= rows, columns >= d zero).
-template <int HD, int BM>
+// Producer, e4m3: the Q tile, kept (KEEP: a swizzled 8-bit tile, HD = 128) or converted to fp16
+// (rows >= rows, columns >= d zero).
+template <int HD, int BM, bool KEEP>
 __device__ __forceinline__ void sm90_load_q_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
                                                  int hk, int g, int row0, int rows, uint8_t *sQ, int ptid) {
     constexpr int CPR = HD / 16;
     for (int idx = ptid; idx < BM * CPR; idx += 128) {
         const int r = idx / CPR, c = idx % CPR;
-        sm90_store_e4m3x16(sQ, r, c, BM, attn_q_e4m3_chunk(p, sl, bi, head, hk, g, row0 + r, rows, c));
+        const uint4 raw = attn_q_e4m3_chunk(p, sl, bi, head, hk, g, row0 + r, rows, c);
+        if constexpr (KEEP) *(uint4 *)(sQ + sm90_swizzle(r, c, BM)) = raw;
+        else sm90_store_e4m3x16(sQ, r, c, BM, raw);
     }
 }
 
@@ -103,14 +114,50 @@ __device__ __forceinline__ void sm90_gather_e4m3(const cuda_attn_params &p, cons
     }
 }
 
-// Producer, e4m3: a staged tile (BN x HD e4m3) -> the swizzled fp16 tile.
-template <int HD, int BN>
+// Producer, e4m3: a staged tile (BN x HD e4m3) -> the swizzled fp16 tile, or (KEEP, HD = 128)
+// the swizzled 8-bit tile.
+template <int HD, int BN, bool KEEP>
 __device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
     constexpr int CPR = HD / 16;
 #pragma unroll 2
     for (int idx = ptid; idx < BN * CPR; idx += 128) {
         const int r = idx / CPR, c = idx % CPR;
-        sm90_store_e4m3x16(tile, r, c, BN, *(const uint4 *)(src + r * HD + c * 16));
+        const uint4 raw = *(const uint4 *)(src + r * HD + c * 16);
+        if constexpr (KEEP) *(uint4 *)(tile + sm90_swizzle(r, c, BN)) = raw;
+        else sm90_store_e4m3x16(tile, r, c, BN, raw);
+    }
+}
+
+// Producer, e4m3 kept: a staged V tile (BN = 128 keys x DV = 128 e4m3) -> V^T, the K-major B
+// operand of P.V (DV rows of 128 keys, swizzled), its keys permuted within each 16 (sm90_pack_p:
+// position 4q + j holds key 2q + (j & 1) + 8 (j >> 1)), so that a thread's S accumulators are its
+// P fragment. A thread moves 4 columns x 16 keys: 16 words read (a warp reads whole key rows), 4x4
+// byte transposes, 4 16-byte rows written.
+template <int DV, int BN>
+__device__ __forceinline__ void sm90_transpose_v_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
+    static_assert(DV == 128 && BN == 128, "one 128-byte row of keys a column");
+#pragma unroll 1
+    for (int idx = ptid; idx < DV / 4 * BN / 16; idx += 128) {
+        const int d4 = idx % (DV / 4), c = idx / (DV / 4);
+        uint32_t t[4][4]; // [column e][key quad q]
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            uint32_t w[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int key = c * 16 + 2 * q + (j & 1) + 8 * (j >> 1);
+                w[j] = *(const uint32_t *)(src + key * DV + d4 * 4);
+            }
+            const uint32_t x = __byte_perm(w[0], w[1], 0x5140), y = __byte_perm(w[2], w[3], 0x5140);
+            const uint32_t x2 = __byte_perm(w[0], w[1], 0x7362), y2 = __byte_perm(w[2], w[3], 0x7362);
+            t[0][q] = __byte_perm(x, y, 0x5410);
+            t[1][q] = __byte_perm(x, y, 0x7632);
+            t[2][q] = __byte_perm(x2, y2, 0x5410);
+            t[3][q] = __byte_perm(x2, y2, 0x7632);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            *(uint4 *)(tile + sm90_swizzle(d4 * 4 + e, c, DV)) = make_uint4(t[e][0], t[e][1], t[e][2], t[e][3]);
     }
 }
 
@@ -193,10 +240,10 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
         if (bulk && ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
         sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
         sm90_issue_tile<HD, BN>(p, w.sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, bulk, box, c,
-                                r.k + st * sm90_tile_bytes(BN, HD), r.full_k + 8 * st, ptid);
+                                r.k + st * sm90_tile_bytes(BN, HD, 2), r.full_k + 8 * st, ptid);
         sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
         sm90_issue_tile<HD, BN>(p, w.sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, bulk, box, c,
-                                r.v + st * sm90_tile_bytes(BN, HD), r.full_v + 8 * st, ptid);
+                                r.v + st * sm90_tile_bytes(BN, HD, 2), r.full_v + 8 * st, ptid);
     }
 }
 
@@ -206,10 +253,12 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
 template <int HD, int BN, int NST, int STG>
 __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
                                                   const sm90_ring &r, int it, int ptid) {
-    sm90_load_q_e4m3<HD, SM90_BM>(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, r.gen, ptid);
+    constexpr bool KEEP = sm90_native(HD, 1);
+    constexpr int TB = sm90_tile_bytes(BN, HD, sm90_es(HD, 1));
+    sm90_load_q_e4m3<HD, SM90_BM, KEEP>(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, r.gen, ptid);
     sm90_fence_async_smem();
     sm90_mbar_arrive(r.full_q);
-    uint8_t *stg = r.gen + sm90_off_staging(HD);
+    uint8_t *stg = r.gen + sm90_off_staging(HD, 1);
     constexpr int SB = 2 * BN * HD; // bytes of one staging buffer (K then V)
     if (STG == 2)
         sm90_stage_e4m3<HD, BN>(p, tma, w, 0, r.pages + (it & 1) * BN, stg + (it % STG) * SB,
@@ -223,9 +272,11 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
         sm90_mbar_wait(r.full_stg + 8 * (i % STG), (uint32_t)(i / STG) & 1);
         const uint8_t *src = stg + (i % STG) * SB;
         sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
-        sm90_convert_e4m3<HD, BN>(src, r.gen + sm90_off_k(HD) + st * sm90_tile_bytes(BN, HD), ptid);
+        sm90_convert_e4m3<HD, BN, KEEP>(src, r.gen + sm90_off_k(HD, 1) + st * TB, ptid);
         sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
-        sm90_convert_e4m3<HD, BN>(src + BN * HD, r.gen + sm90_off_v(HD) + st * sm90_tile_bytes(BN, HD), ptid);
+        uint8_t *vt = r.gen + sm90_off_v(HD, 1) + st * TB;
+        if constexpr (KEEP) sm90_transpose_v_e4m3<HD, BN>(src + BN * HD, vt, ptid);
+        else sm90_convert_e4m3<HD, BN, false>(src + BN * HD, vt, ptid);
         sm90_fence_async_smem();
         sm90_mbar_arrive(r.full_k + 8 * st);
         sm90_mbar_arrive(r.full_v + 8 * st);
@@ -240,15 +291,17 @@ template <int HD, int BF>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
 #if FA3C_SM90A
-    constexpr int NST = sm90_stages(HD), DV = HD, BM = SM90_BM, BN = sm90_block_n(HD);
-    constexpr int FP8 = BF == 2, CBF = FP8 ? 0 : BF, OBF = FP8 ? 1 : BF, STG = sm90_staging(HD, FP8);
+    constexpr int FP8 = BF == 2, NST = sm90_stages(HD, FP8), DV = HD, BM = SM90_BM, BN = sm90_block_n(HD);
+    // The GEMMs' operand type (2 e4m3, 1 bf16, 0 fp16), the output's, the ring's element bytes.
+    constexpr int CBF = FP8 ? (sm90_native(HD, FP8) ? 2 : 0) : BF, OBF = FP8 ? 1 : BF, ES = sm90_es(HD, FP8);
+    constexpr int STG = sm90_staging(HD, FP8), TB = sm90_tile_bytes(BN, HD, ES);
     constexpr int PREGS = sm90_producer_regs(HD, FP8);
     extern __shared__ uint8_t sm90_smem_raw[];
     sm90_ring r;
     r.q = (cuda_smem_addr(sm90_smem_raw) + 1023) & ~1023u;
     r.gen = sm90_smem_raw + (r.q - cuda_smem_addr(sm90_smem_raw));
-    r.k = r.q + sm90_off_k(HD);
-    r.v = r.q + sm90_off_v(HD);
+    r.k = r.q + sm90_off_k(HD, FP8);
+    r.v = r.q + sm90_off_v(HD, FP8);
     r.pages = (int32_t *)(r.gen + sm90_off_pages(HD, FP8));
     r.full_q = r.q + sm90_off_bars(HD, FP8);
     r.empty_q = r.full_q + 8;
@@ -363,7 +416,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         // runs while the tensor cores still work on P.V, and O is rescaled once that is done.
         float s[BN / 2];
         float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
-        uint32_t pa[BN / 16][4]; // P_{t-1} rounded to the input dtype: the A fragments of P.V
+        uint32_t pa[SM90_PV_STEPS(BN, CBF)][4]; // P_{t-1} in the GEMM's type: the A fragments of P.V
         float corr[2];
         const int n_tiles = __shfl_sync(0xffffffffu, w.n_tiles, 0);
         if (n_tiles > 0) sm90_mbar_wait(r.full_q, (uint32_t)qi & 1);
@@ -372,11 +425,11 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             const uint32_t ph = (uint32_t)(i / NST) & 1, pph = (uint32_t)((i - 1) / NST) & 1;
             sm90_mbar_wait(r.full_k + 8 * st, ph);
             sm90_wgmma_fence();
-            sm90_qk<HD, BM, BN, CBF>(s, q_base, r.k + st * sm90_tile_bytes(BN, HD));
+            sm90_qk<HD, BM, BN, CBF>(s, q_base, r.k + st * TB);
             sm90_wgmma_commit();
             if (t > 0) {
                 sm90_mbar_wait(r.full_v + 8 * pst, pph);
-                sm90_pv<DV, BN, CBF>(o, pa, r.v + pst * sm90_tile_bytes(BN, DV));
+                sm90_pv<DV, BN, CBF>(o, pa, r.v + pst * TB);
                 sm90_wgmma_commit();
                 sm90_wgmma_wait<1>();
             } else {
@@ -404,7 +457,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             const int i = it + n_tiles - 1, st = i % NST;
             sm90_mbar_wait(r.full_v + 8 * st, (uint32_t)(i / NST) & 1);
             sm90_wgmma_fence();
-            sm90_pv<DV, BN, CBF>(o, pa, r.v + st * sm90_tile_bytes(BN, DV));
+            sm90_pv<DV, BN, CBF>(o, pa, r.v + st * TB);
             sm90_wgmma_commit();
             sm90_wgmma_wait<0>();
             sm90_fence_regs(o);

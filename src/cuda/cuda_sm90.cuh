@@ -188,4 +188,29 @@ __device__ __forceinline__ void sm90_wgmma_rs(float (&d)[N / 2], const uint32_t 
 #endif
 }
 
+// e4m3 x e4m3 (k32): 8-bit operands are K-major only (no transpose immediates). d (64 x N f32)
+// (+)= A (64 x 32: shared, or the k32 register fragment) * B (32 x N, shared, K-major).
+template <int N>
+__device__ __forceinline__ void sm90_wgmma_ss_e4m3(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
+    static_assert(N == 128, "the e4m3 kernel's S width");
+#if FA3C_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " SM90_R64 ", %64, %65, p, 1, 1;\n}\n"
+                 : SM90_D64
+                 : "l"(da), "l"(db), "r"(accumulate));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void sm90_wgmma_rs_e4m3(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db,
+                                                   int accumulate) {
+    static_assert(N == 128, "the e4m3 kernel's P.V width");
+#if FA3C_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " SM90_R64
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+                 : SM90_D64
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+#endif
+}
+
 #endif // FA3C_CUDA_SM90_CUH

@@ -138,37 +138,66 @@ __device__ __forceinline__ void sm90_issue_tile(const cuda_attn_params &p, const
             sm90_tma_load_4d(dst + cb * BN * 128 + ptid * box * 128, map, cb * 64, c[0], c[1], c[2], full);
 }
 
+// BF (the operand type of the kernels' GEMMs): 1 bf16, 0 fp16, 2 e4m3. A wgmma k-step covers 32
+// bytes of a 128-byte swizzled row: 16 elements of 16 bits, or 32 of e4m3.
+#define SM90_PV_STEPS(BN, BF) ((BN) / ((BF) == 2 ? 32 : 16))
+
 // Issues S = Q K^T for a warpgroup's 64 rows (q_base, in a tile of BM rows) and the BN keys of
-// k_base: HD / 16 wgmma k-steps (the first overwrites s).
+// k_base: one wgmma a 32-byte k-step (the first overwrites s).
 template <int HD, int BM, int BN, int BF>
 __device__ __forceinline__ void sm90_qk(float (&s)[BN / 2], uint32_t q_base, uint32_t k_base) {
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        const uint32_t kof = (kk & 3) * 32; // k16 step within a column block
-        sm90_wgmma_ss<BF, BN>(s, sm90_desc(q_base + (kk >> 2) * BM * 128 + kof, 16, 1024),
-                              sm90_desc(k_base + (kk >> 2) * BN * 128 + kof, 16, 1024), kk > 0);
+    for (int kk = 0; kk < HD * (BF == 2 ? 1 : 2) / 32; kk++) {
+        const uint32_t kof = (kk & 3) * 32; // k-step within a column block
+        const uint64_t da = sm90_desc(q_base + (kk >> 2) * BM * 128 + kof, 16, 1024);
+        const uint64_t db = sm90_desc(k_base + (kk >> 2) * BN * 128 + kof, 16, 1024);
+        if constexpr (BF == 2) sm90_wgmma_ss_e4m3<BN>(s, da, db, kk > 0);
+        else sm90_wgmma_ss<BF, BN>(s, da, db, kk > 0);
     }
 }
 
-// Issues O += P V: BN / 16 wgmma k-steps over the keys of v_base (MN-major: column blocks of 64
-// dv are BN * 128 bytes apart, a k-step is 16 rows).
+// Issues O += P V over the BN keys of v_base, one wgmma a k-step: 16-bit V is MN-major (column
+// blocks of 64 dv BN * 128 bytes apart, a k-step 16 rows); e4m3 V is V^T, K-major (DV rows of
+// BN = 128 keys, a k-step 32 bytes), its keys permuted as sm90_pack_p lays out P.
 template <int DV, int BN, int BF>
-__device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[BN / 16][4], uint32_t v_base) {
+__device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[SM90_PV_STEPS(BN, BF)][4],
+                                        uint32_t v_base) {
 #pragma unroll
-    for (int ks = 0; ks < BN / 16; ks++)
-        sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
+    for (int ks = 0; ks < SM90_PV_STEPS(BN, BF); ks++) {
+        if constexpr (BF == 2) sm90_wgmma_rs_e4m3<DV>(o, pa[ks], sm90_desc(v_base + ks * 32, 16, 1024), 1);
+        else sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
+    }
 }
 
-// The m16n8k16 A fragments of P (a warpgroup's scores, BN keys, after the softmax) rounded to the
-// input dtype.
+// 4 floats -> 4 e4m3 bytes, a first (lowest).
+__device__ __forceinline__ uint32_t sm90_pack4_e4m3(float a, float b, float c, float d) {
+    uint16_t lo, hi;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(lo) : "f"(b), "f"(a));
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(hi) : "f"(d), "f"(c));
+    return (uint32_t)lo | (uint32_t)hi << 16;
+}
+
+// The A fragments of P (a warpgroup's scores, BN keys, after the softmax) in the GEMM's type.
+// 16-bit: the m16n8k16 layout. e4m3 (k32: register 0 rows r, positions 4q .. 4q + 3; 1 rows
+// r + 8; 2 and 3 the same at positions 16 + 4q ..; q = lane % 4): a thread holds the scores of
+// keys 2q, 2q + 1, 8 + 2q, 9 + 2q (+ 16) of each 32, which fill its positions 4q .. 4q + 3
+// (+ 16) as they are -- V's keys are permuted to match (sm90_transpose_v_e4m3).
 template <int BN, int BF>
-__device__ __forceinline__ void sm90_pack_p(const float (&s4)[BN / 8][4], uint32_t (&pa)[BN / 16][4]) {
+__device__ __forceinline__ void sm90_pack_p(const float (&s4)[BN / 8][4], uint32_t (&pa)[SM90_PV_STEPS(BN, BF)][4]) {
 #pragma unroll
-    for (int ks = 0; ks < BN / 16; ks++) {
-        pa[ks][0] = cuda_pack2<BF>(s4[2 * ks][0], s4[2 * ks][1]);
-        pa[ks][1] = cuda_pack2<BF>(s4[2 * ks][2], s4[2 * ks][3]);
-        pa[ks][2] = cuda_pack2<BF>(s4[2 * ks + 1][0], s4[2 * ks + 1][1]);
-        pa[ks][3] = cuda_pack2<BF>(s4[2 * ks + 1][2], s4[2 * ks + 1][3]);
+    for (int ks = 0; ks < SM90_PV_STEPS(BN, BF); ks++) {
+        if constexpr (BF == 2) {
+            const float(*g)[4] = &s4[4 * ks];
+            pa[ks][0] = sm90_pack4_e4m3(g[0][0], g[0][1], g[1][0], g[1][1]);
+            pa[ks][1] = sm90_pack4_e4m3(g[0][2], g[0][3], g[1][2], g[1][3]);
+            pa[ks][2] = sm90_pack4_e4m3(g[2][0], g[2][1], g[3][0], g[3][1]);
+            pa[ks][3] = sm90_pack4_e4m3(g[2][2], g[2][3], g[3][2], g[3][3]);
+        } else {
+            pa[ks][0] = cuda_pack2<BF>(s4[2 * ks][0], s4[2 * ks][1]);
+            pa[ks][1] = cuda_pack2<BF>(s4[2 * ks][2], s4[2 * ks][3]);
+            pa[ks][2] = cuda_pack2<BF>(s4[2 * ks + 1][0], s4[2 * ks + 1][1]);
+            pa[ks][3] = cuda_pack2<BF>(s4[2 * ks + 1][2], s4[2 * ks + 1][3]);
+        }
     }
 }
 
