@@ -7,6 +7,10 @@
 
 #include "cuda/cuda_internal.cuh"
 
+#ifdef FA3C_SM90_WATCHDOG
+#include <cstdio>
+#endif
+
 // True in the device pass for sm_90a (wgmma and setmaxnreg exist only there).
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FA3C_SM90A 1
@@ -32,11 +36,21 @@ __device__ __forceinline__ void sm90_mbar_arrive_cp_async(uint32_t bar) {
 // passes at once.
 __device__ __forceinline__ void sm90_mbar_wait(uint32_t bar, uint32_t parity) {
     uint32_t done;
+#ifdef FA3C_SM90_WATCHDOG // debugging builds: a wait that never ends names itself and traps
+    long long spins = 0;
+#endif
     do {
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(bar), "r"(parity)
                      : "memory");
+#ifdef FA3C_SM90_WATCHDOG
+        if (!done && ++spins == (1ll << 24)) {
+            printf("fa3c watchdog: block %d thread %d waits on mbarrier 0x%x parity %u\n", (int)blockIdx.x,
+                   (int)threadIdx.x, bar, parity);
+            __trap();
+        }
+#endif
     } while (!done);
 }
 
