@@ -44,6 +44,9 @@ stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; nvcc --version | tail -2; } \
     > "$OUT/build.log" 2>&1
 stamp "build"
+# From scratch unless KEEP_BUILD=1: an incremental build on a warm machine may keep objects of a
+# struct layout the headers no longer have.
+[[ ${KEEP_BUILD:-0} == 1 ]] || rm -rf "$BUILD"
 if ! { cmake -S . -B "$BUILD" -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build "$BUILD" -j16 ${BUILD_TARGETS:+--target $BUILD_TARGETS}; } \
     >> "$OUT/build.log" 2>&1; then
     grep -E "error|Error" "$OUT/build.log" | head -40
