@@ -306,7 +306,7 @@ __device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, cons
 // Work item `id`'s (sequence, grid head -- the kv head when packed --, split slot, m-block): id =
 // ((bi * grid_heads + head) * S + split) * num_m + (num_m - 1 - m_block), so the last (longest
 // under a causal mask) m-blocks of a head come first. A CTA's item is its blockIdx.x (the grid has
-// one CTA per item, fewer than 2^31), or (the persistent wgmma kernel) ids from a counter.
+// one CTA per item, fewer than 2^31), or (the persistent wgmma kernel) blockIdx.x, + gridDim.x, ...
 __device__ __forceinline__ void attn_cta_coords(const cuda_attn_params &p, unsigned id, int *bi, int *head, int *split,
                                                 int *m_block) {
     *m_block = p.num_m_blocks - 1 - (int)(id % (unsigned)p.num_m_blocks);

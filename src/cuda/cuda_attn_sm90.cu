@@ -4,9 +4,12 @@
 // other GPU; this kernel takes all of their run-time features but q rotary: masks, softcap, sinks,
 // paging with any page size, varlen, pack-GQA, split slots (exact or pieces).
 //
-// Persistent: a grid of (at most) as many CTAs as fit on the device at once, each taking work
-// items -- BM = 128 query rows of one (sequence, head, split slot) -- from a counter in id order,
-// so that one item's epilogue overlaps the next one's loads. A CTA = 3 warpgroups:
+// Work items: BM = 128 query rows of one (sequence, head, split slot). Persistent where every item
+// has the same keys (no causal / local / chunk mask, one length for all sequences): a grid of
+// as many CTAs as fit on the device, CTA c working on items c, c + gridDim.x, ..., so that one
+// item's epilogue overlaps the next one's loads; items of different lengths would let the CTAs
+// drift apart in the id order and lose the L2 sharing of a head's K/V, so they get a CTA each
+// (the host's cuda_attn_params.ctas). A CTA = 3 warpgroups:
 //   producer   (warpgroup 0, 72 or 88 registers) copies the Q tile and NST stages of K and V
 //              tiles (BN = 128 keys, 64 for d = 256) into 128-byte-swizzled shared memory: bulk
 //              tensor copies (TMA) of contiguous rows, cp.async gathers of paged rows, packed GQA
@@ -65,14 +68,10 @@ __host__ __device__ constexpr int sm90_off_pages(int hd, int fp8) {
 __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8) {
     return sm90_off_pages(hd, fp8) + 2 * sm90_block_n(hd) * 4;
 }
-__host__ __device__ constexpr int sm90_n_bars(int hd, int fp8) {
-    return 6 + 4 * sm90_stages(hd, fp8) + sm90_staging(hd, fp8);
-}
-// + 16: the work-item slots after the mbarriers; + 1024: the dynamic shared memory base is
-// aligned up to the swizzle atom inside the kernel. d 256 bf16: 198,784 bytes of the 232,448 an
-// H100 block may have.
+// + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
+// d 256 bf16: 198,744 bytes of the 232,448 an H100 block may have.
 __host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8) {
-    return (size_t)sm90_off_bars(hd, fp8) + sm90_n_bars(hd, fp8) * 8 + 16 + 1024;
+    return (size_t)sm90_off_bars(hd, fp8) + (2 + 4 * sm90_stages(hd, fp8) + sm90_staging(hd, fp8)) * 8 + 1024;
 }
 
 // 16 e4m3 values (chunk c of an e4m3 row) -> fp16 chunks 2c and 2c + 1 of row r of a swizzled
@@ -191,17 +190,14 @@ __device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const
     }
 }
 
-// The shared-memory ring of the kernel: byte addresses of the tiles and the mbarriers
-// ([full Q][empty Q][full id x 2][empty id x 2][full K x NST][full V x NST][empty K x NST]
-// [empty V x NST][full staging x STG], 8 bytes each), then the work-item slots. Tile i of the CTA
-// (counted over all its work items) uses stage i % NST in phase (i / NST) & 1, and page-id row
-// i & 1; its Q tile j (items with keys) phase j & 1; its work item j slot j & 1 in phase
-// (j / 2) & 1.
+// The shared-memory ring of the kernel: byte addresses of the tiles and the mbarriers ([full Q]
+// [empty Q][full K x NST][full V x NST][empty K x NST][empty V x NST][full staging x STG], 8 bytes
+// each). Tile i of the CTA (counted over all its work items) uses stage i % NST in phase
+// (i / NST) & 1, and page-id row i & 1; its Q tile j (items with keys) phase j & 1.
 struct sm90_ring {
-    uint32_t q, k, v, full_q, empty_q, full_id, empty_id, full_k, full_v, empty_k, empty_v, full_stg;
+    uint32_t q, k, v, full_q, empty_q, full_k, full_v, empty_k, empty_v, full_stg;
     uint8_t *gen; // the generic address of q (the start of the ring)
     int32_t *pages;
-    volatile unsigned *ids; // [2] items handed to the consumers, [2] the next item within the producer
 };
 
 // Producer, 16-bit inputs: the Q tile of item w and its K and V tiles, ring tiles it ..
@@ -284,9 +280,9 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
     }
 }
 
-// BF: 1 bf16, 0 fp16, 2 e4m3 (fp16 GEMMs, bf16 out). Persistent: a CTA runs work items
-// (attn_cta_coords) until none is left; the producer loads the next item's Q and first K/V tiles
-// while the consumers finish and store the current one.
+// BF: 1 bf16, 0 fp16, 2 e4m3 (bf16 out). Persistent: CTA c runs work items c, c + gridDim.x, ...
+// (attn_cta_coords); the producer loads the next item's Q and first K/V tiles while the consumers
+// finish and store the current one.
 template <int HD, int BF>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
@@ -305,14 +301,11 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     r.pages = (int32_t *)(r.gen + sm90_off_pages(HD, FP8));
     r.full_q = r.q + sm90_off_bars(HD, FP8);
     r.empty_q = r.full_q + 8;
-    r.full_id = r.empty_q + 8;
-    r.empty_id = r.full_id + 16;
-    r.full_k = r.empty_id + 16;
+    r.full_k = r.empty_q + 8;
     r.full_v = r.full_k + 8 * NST;
     r.empty_k = r.full_v + 8 * NST;
     r.empty_v = r.empty_k + 8 * NST;
     r.full_stg = r.empty_v + 8 * NST;
-    r.ids = (volatile unsigned *)(r.gen + sm90_off_bars(HD, FP8) + sm90_n_bars(HD, FP8) * 8);
 
     const int tid = threadIdx.x, lane = tid & 31;
     const bool poison = !cuda_meta_ok(p.meta); // warp-collective, before any return
@@ -322,10 +315,6 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     if (tid == 0) {
         sm90_mbar_init(r.full_q, 128);
         sm90_mbar_init(r.empty_q, 8); // one arrival per consumer warp
-        for (int j = 0; j < 2; j++) {
-            sm90_mbar_init(r.full_id + 8 * j, 1);
-            sm90_mbar_init(r.empty_id + 8 * j, 8);
-        }
         for (int s = 0; s < NST; s++) {
             sm90_mbar_init(r.full_k + 8 * s, 128);
             sm90_mbar_init(r.full_v + 8 * s, 128);
@@ -338,21 +327,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
 
     if (tid < 128) { // ---------------------------------------------------------------- producer
         sm90_regs_dec<PREGS>();
-        // Dynamic: a CTA's first item is its blockIdx.x, each next one the counter's next (fetched
-        // while the current item loads), so the items in flight are about gridDim.x consecutive
-        // ids -- a head's K/V stays in L2 while its m-blocks run, longest first. The end (an id
-        // >= n_items) goes to the consumers too.
         int it = 0, qi = 0; // ring tiles and Q tiles so far
-        unsigned id = blockIdx.x;
-        for (int j = 0;; j++) {
-            sm90_mbar_wait(r.empty_id + 8 * (j & 1), ((uint32_t)(j >> 1) & 1) ^ 1);
-            if (tid == 0) {
-                r.ids[j & 1] = id;
-                sm90_mbar_arrive(r.full_id + 8 * (j & 1));
-            }
-            if (id >= n_items) break;
-            unsigned next = 0;
-            if (tid == 0) next = gridDim.x + (unsigned)atomicAdd(p.sched, 1);
+        for (unsigned id = blockIdx.x; id < n_items; id += gridDim.x) {
             sm90_item w;
             if (sm90_item_get<BM, BN>(p, tma, id, &w) == SM90_ITEM_RUN && w.n_tiles > 0) {
                 sm90_mbar_wait(r.empty_q, (uint32_t)(qi & 1) ^ 1); // the last item's Q . K^T are done
@@ -361,13 +337,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
                 it += w.n_tiles;
                 qi++;
             }
-            if (tid == 0) r.ids[2 + (j & 1)] = next; // slot j & 1 again at j + 2: past the barrier of j + 1
-            sm90_named_sync(1, 128);
-            id = r.ids[2 + (j & 1)];
         }
-        // The last CTA to finish re-arms the counters for the next launch (every CTA has taken
-        // its last id by then).
-        if (tid == 0 && atomicAdd(p.sched + 1, 1) == (int)gridDim.x - 1) p.sched[0] = 0, p.sched[1] = 0;
         cuda_cp_async_wait_all();
         return;
     }
@@ -378,12 +348,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     const int wrow0 = cwg * 64 + cwarp * 16; // this warp's 16 rows of the tile
     const uint32_t q_base = r.q + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
     int it = 0, qi = 0;
-    for (int j = 0;; j++) {
-        sm90_mbar_wait(r.full_id + 8 * (j & 1), (uint32_t)(j >> 1) & 1);
-        const unsigned id = __shfl_sync(0xffffffffu, r.ids[j & 1], 0);
-        __syncwarp();
-        if (lane == 0) sm90_mbar_arrive(r.empty_id + 8 * (j & 1));
-        if (id >= n_items) break;
+    for (unsigned id = blockIdx.x; id < n_items; id += gridDim.x) {
         sm90_item w;
         // Shuffled: provably warp-uniform, else ptxas takes the wgmma below for divergent code
         // and serialises it (C7520).

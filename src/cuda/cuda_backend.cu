@@ -103,8 +103,8 @@ static fa3c_status sm90_from_env(int *on) {
     return FA3C_OK;
 }
 
-// $FA3C_CUDA_CTAS: the persistent wgmma kernel's grid: unset, SMs x resident CTAs; 0, one CTA per
-// work item (no CTA walks two); N, at most N CTAs (tests force many items a CTA with a small N).
+// $FA3C_CUDA_CTAS: the persistent wgmma kernel's grid: unset, persistent_ctas' choice; 0, one CTA
+// per work item (no CTA walks two); N, at most N CTAs (tests force many items a CTA with a small N).
 static fa3c_status ctas_from_env(int *ctas) {
     const char *v = getenv("FA3C_CUDA_CTAS");
     *ctas = -1;
@@ -120,7 +120,6 @@ static fa3c_status ctas_from_env(int *ctas) {
 static void state_free(cuda_state *st) {
     if (st->ws.ptr) cudaFree(st->ws.ptr);
     if (st->counts.ptr) cudaFree(st->counts.ptr);
-    if (st->sched) cudaFree(st->sched);
     for (int i = 0; i < st->n_retired; i++) cudaFree(st->retired[i]);
     free(st->retired);
     free(st->occupancy);
@@ -167,14 +166,6 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
                                              &q) != cudaSuccess || q != cudaDriverEntryPointSuccess) {
             st->tma_encode = NULL;
             (void)cudaGetLastError(); // no TMA is not an error of the next launch
-        }
-    }
-    if (st->sm90) { // allocated here, so that a first forward may be captured into a CUDA graph
-        cudaError_t err = cudaMalloc((void **)&st->sched, 2 * sizeof(int32_t));
-        if (err == cudaSuccess) err = cudaMemset(st->sched, 0, 2 * sizeof(int32_t));
-        if (err != cudaSuccess) {
-            state_free(st);
-            return cuda_fail(err, "scheduler counters");
         }
     }
     // The shared-memory opt-in is a per-device property of each kernel; the occupancy follows it.
@@ -550,6 +541,16 @@ static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t k
     return (int32_t)(w > 1 ? w : 1);
 }
 
+// The persistent wgmma kernel's grid (cuda_attn_params.ctas): $FA3C_CUDA_CTAS, else SMs x resident
+// CTAs where every work item has the same keys, else 0 (a CTA per item, started in id order by
+// the hardware as CTAs finish: the items in flight stay consecutive). Same keys: no causal, local
+// or chunk mask and one length for every sequence (not varlen: no cu_seqlens, seqused or leftpad).
+static int32_t persistent_ctas(const cuda_state *st, const fa3c_problem *p, int32_t kernel_id) {
+    if (st->ctas >= 0) return st->ctas;
+    const bool same_keys = !p->is_causal && !p->is_local && p->chunk == 0 && !p->is_varlen;
+    return same_keys ? st->num_sm * st->occupancy[kernel_id] : 0;
+}
+
 // One bulk-copy tensor map of t (b, s, heads, d) / (total, heads, d): dims (d, rows, heads,
 // batches), the middle two swapped when heads_first (the usual layout, heads inside a row: the
 // encoder takes dims in order of increasing stride); boxes of box_cols columns x box_rows rows:
@@ -778,8 +779,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.splits_dyn = splits;
     ap.counts = counts;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
-    if (!simple) ap.ctas = cst->ctas >= 0 ? cst->ctas : cst->num_sm * cst->occupancy[choice->kernel];
-    ap.sched = cst->sched;
+    if (!simple) ap.ctas = persistent_ctas(cst, p, choice->kernel);
     if (simple) FA3C_TRY(run_simple(p, &ap, stream));
     else if (ap.num_m_blocks > 0) {
         cuda_tma tma;

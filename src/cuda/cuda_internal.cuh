@@ -38,8 +38,7 @@ typedef struct cuda_state {
     int     split_mode; // CUDA_SPLIT_* ($FA3C_CUDA_SPLIT at context creation)
     int     sm90;       // the wgmma kernels run here: compute capability 9.x and $FA3C_CUDA_SM90 != 0
     void   *tma_encode; // the driver's cuTensorMapEncodeTiled (sm90 only; NULL: no TMA)
-    int32_t *sched;     // cuda_attn_params.sched (sm90), zero-filled at context creation
-    int     ctas;       // $FA3C_CUDA_CTAS: the persistent kernels' grid (-1: SMs x resident CTAs; 0: a CTA per item)
+    int     ctas;       // $FA3C_CUDA_CTAS: the persistent kernel's grid (-1: unset; 0: a CTA per item)
 } cuda_state;
 
 // How a forward with S > 1 and no out_accum spreads the keys over CTAs ($FA3C_CUDA_SPLIT):
@@ -359,8 +358,7 @@ typedef struct cuda_attn_params {
     const int32_t *splits_dyn;             // (b,) per-sequence split counts, or NULL (all S)
     int32_t *counts;                       // (b, grid_heads, num_m_blocks) arrival counters, or NULL
     cuda_meta_check meta;                  // checked when out/lse are written here
-    int32_t ctas;                          // persistent kernels: the grid's CTAs (0: one per work item)
-    int32_t *sched;                        // (2,) their work-item counter and finished CTAs: zero between launches
+    int32_t ctas;                          // the persistent wgmma kernel's grid (0: a CTA per work item)
     const float *q_ds, *k_ds, *v_ds;       // (b, h_k) descales (e4m3 only), NULL: 1
     int64_t qd_sb, qd_sh, kd_sb, kd_sh, vd_sb, vd_sh;
 } cuda_attn_params;
