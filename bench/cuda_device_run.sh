@@ -15,7 +15,7 @@
 #   sass      registers, spills and instruction counts (HGMMA, HMMA, local memory) of the kernels
 #   sanitize  compute-sanitizer memcheck and initcheck over every $SANITIZE_EVERY-th test_cuda case
 #             and the graph tests, memcheck over test_repeat (2 repeats); racecheck over every
-#             16th case and the graph tests
+#             $RACE_EVERY-th (16) case and the graph tests, under $RACE_ENV (e.g. FA3C_CUDA_CTAS=3)
 #   bench     tools/bench_cuda.c ($BENCH_WHAT, comma-separated sections, default all): prefill, fp8 prefill next to bf16, and
 #             decode and MLA decode once per split mode in $SPLIT_MODES; prefill again with
 #             FA3C_CUDA_SM90=0 (the mma.sync kernels) unless BENCH_MMA_SYNC=0
@@ -123,8 +123,8 @@ if [[ $steps == *,sanitize,* ]]; then
     FA3C_REPEAT=2 timeout ${T_SAN:-200} compute-sanitizer --tool memcheck --error-exitcode 9 \
         "./$BUILD/tests/test_repeat" >> "$OUT/sanitizer.log" 2>&1 || rc=1
     sed -n '/=== memcheck test_repeat/,$p' "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|test_repeat:|FAIL" | tail -4
-    echo "=== racecheck test_cuda" >> "$OUT/sanitizer.log"
-    FA3C_TEST_CUDA_EVERY=16 timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
+    echo "=== racecheck test_cuda ${RACE_ENV:-}" >> "$OUT/sanitizer.log"
+    env ${RACE_ENV:-} FA3C_TEST_CUDA_EVERY=${RACE_EVERY:-16} timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
         "./$BUILD/tests/test_cuda" >> "$OUT/sanitizer.log" 2>&1 || rc=1
     sed -n '/=== racecheck test_cuda/,$p' "$OUT/sanitizer.log" | grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test_cuda:|FAIL" | tail -4
     stamp "racecheck done"
