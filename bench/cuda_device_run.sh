@@ -106,8 +106,10 @@ if [[ $steps == *,bench,* ]]; then
     fi
 fi
 if [[ $steps == *,base,* ]]; then
-    timeout ${T_BASE:-150} /tmp/fa3c-base/build/fa3c_bench_cuda ${BENCH_WHAT:-all} ${BENCH_GIB:-34} \
-        > "$OUT/bench_base.csv" 2>&1 || rc=1
+    for what in ${BENCH_WHAT//,/ }; do
+        timeout ${T_BASE:-150} /tmp/fa3c-base/build/fa3c_bench_cuda $what ${BENCH_GIB:-34} \
+            >> "$OUT/bench_base.csv" 2>&1 || rc=1
+    done
     grep -E "^#|^prefill|^decode,[0-9]+,[0-9]+,(0|16)," "$OUT/bench_base.csv" | head -60
     stamp "base bench done"
 fi
@@ -154,8 +156,11 @@ if [[ $steps == *,cp,* ]]; then
     stamp "cp bench done"
 fi
 if [[ $steps == *,torch,* ]]; then
-    PYTHONUNBUFFERED=1 timeout ${T_TORCH:-150} python3 bench/bench_torch_sdpa.py ${BENCH_WHAT:-all} ${BENCH_GIB:-34} \
-        > "$OUT/bench_torch.csv" 2>&1 || rc=1
+    for what in ${BENCH_WHAT//,/ }; do # torch has the prefill and decode sections
+        [[ $what == prefill || $what == decode || $what == all ]] || continue
+        PYTHONUNBUFFERED=1 timeout ${T_TORCH:-150} python3 bench/bench_torch_sdpa.py $what ${BENCH_GIB:-34} \
+            >> "$OUT/bench_torch.csv" 2>&1 || rc=1
+    done
     cat "$OUT/bench_torch.csv"
     stamp "torch done"
 fi

@@ -193,8 +193,6 @@ static void random_pages(int32_t *host, int64_t np) {
     }
 }
 
-/* Prefill over a paged cache (SGLang's extend: flash_attn_with_kvcache with page_table), d 128,
- * h 16, 16k tokens, causal, pages in a random order; q, k, v as in bench_prefill. */
 /* One call of FA3's prefill sweep: q, k, v (b, s, h, d) of dtype `in` (device buffers), out
  * (b, s, h, d) bf16 (the output dtype of e4m3 inputs too), lse (b, h, s), one split. */
 static fa3c_fwd_args prefill_args(void *q, void *k, void *v, fa3c_dtype in, void *o, void *lse, int64_t b, int64_t s,
@@ -212,6 +210,8 @@ static fa3c_fwd_args prefill_args(void *q, void *k, void *v, fa3c_dtype in, void
     return a;
 }
 
+/* Prefill over a paged cache (SGLang's extend: flash_attn_with_kvcache with page_table), d 128,
+ * h 16, 16k tokens, causal, pages in a random order; q, k, v as in bench_prefill. */
 static void bench_prefill_paged(fa3c_context *ctx, cudaStream_t st, void *q, void *k, void *v, void *o) {
     const int64_t total = 16384, h = 16, d = 128, sizes[3] = {1, 16, 64};
     void *pt, *lens;
