@@ -23,11 +23,11 @@
 //              P.V of tile t - 1, so a warpgroup's softmax runs under its own P.V; the two
 //              warpgroups run independently, so one's softmax also overlaps the other's wgmma.
 // e4m3 inputs (BF = 2): the producer copies e4m3 rows into staging buffers (bulk tensor copies,
-// or cp.async gathers as above). d = 128: it swizzles Q and K into 8-bit tiles and transposes V
-// (8-bit wgmma operands are K-major only), and the GEMMs run on e4m3 (k32) with P rounded to
-// e4m3, as FA3 does. d = 64 and 256: it converts them -- exactly -- into fp16 tiles, so the GEMMs
-// run in fp16 and P stays fp16. Both: fp32 accumulation, q * k descales scale the scores, the v
-// descale O, and the output is bf16.
+// or cp.async gathers as above). d = 128 and 256: it swizzles Q and K into 8-bit tiles and
+// transposes V (8-bit wgmma operands are K-major only), and the GEMMs run on e4m3 (k32) with P
+// rounded to e4m3, as FA3 does. d = 64: it converts them -- exactly -- into fp16 tiles, so the
+// GEMMs run in fp16 and P stays fp16. Both: fp32 accumulation, q * k descales scale the scores,
+// the v descale O, and the output is bf16.
 //
 // Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
@@ -38,9 +38,9 @@
 
 // Keys per tile: 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
 __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 : 64; }
-// e4m3 with d = 128 stays e4m3 in the ring (FP8 "native": wgmma's 8-bit k32 form, V transposed by
-// the producer); other e4m3 head dims are converted to fp16 tiles. Bytes of a ring element:
-__host__ __device__ constexpr bool sm90_native(int hd, int fp8) { return fp8 && hd == 128; }
+// e4m3 with d = 128 or 256 stays e4m3 in the ring (FP8 "native": wgmma's 8-bit k32 form, V
+// transposed by the producer); d = 64 is converted to fp16 tiles. Bytes of a ring element:
+__host__ __device__ constexpr bool sm90_native(int hd, int fp8) { return fp8 && hd >= 128; }
 __host__ __device__ constexpr int sm90_es(int hd, int fp8) { return sm90_native(hd, fp8) ? 1 : 2; }
 // K/V stages: as many as fit beside the Q tile in 227 KB.
 __host__ __device__ constexpr int sm90_stages(int hd, int fp8) { return hd <= 64 || sm90_native(hd, fp8) ? 4 : 2; }
@@ -48,9 +48,9 @@ __host__ __device__ constexpr int sm90_stages(int hd, int fp8) { return hd <= 64
 // Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0).
 __host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8) { return hd <= 128 && !fp8 ? 88 : 72; }
 
-// e4m3 staging buffers (a K and a V tile of rows as in memory): two where they fit beside the
-// fp16 stages, so that the gathers of tile t + 1 fly while tile t is converted; one for d = 256.
-__host__ __device__ constexpr int sm90_staging(int hd, int fp8) { return fp8 ? (hd <= 128 ? 2 : 1) : 0; }
+// e4m3 staging buffers (a K and a V tile of rows as in memory): two, so that the gathers of tile
+// t + 1 fly while tile t is converted.
+__host__ __device__ constexpr int sm90_staging(int hd, int fp8) { return fp8 ? 2 : 0; }
 
 // Byte offsets in the (1024-aligned) shared memory: Q, K stages, V stages, e4m3 staging, 2 rows
 // of page ids, then the mbarriers (sm90_ring).
@@ -69,7 +69,7 @@ __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8) {
     return sm90_off_pages(hd, fp8) + 2 * sm90_block_n(hd) * 4;
 }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
-// d 256 e4m3: 231,000 bytes of the 232,448 an H100 block may have.
+// d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have.
 __host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8) {
     return (size_t)sm90_off_bars(hd, fp8) + (2 + 4 * sm90_stages(hd, fp8) + sm90_staging(hd, fp8)) * 8 + 1024;
 }
@@ -81,7 +81,7 @@ __device__ __forceinline__ void sm90_store_e4m3x16(uint8_t *tile, int r, int c, 
                            (uint4 *)(tile + sm90_swizzle(r, 2 * c + 1, rows)));
 }
 
-// Producer, e4m3: the Q tile, kept (KEEP: a swizzled 8-bit tile, HD = 128) or converted to fp16
+// Producer, e4m3: the Q tile, kept (KEEP: a swizzled 8-bit tile, HD >= 128) or converted to fp16
 // (rows >= rows, columns >= d zero).
 template <int HD, int BM, bool KEEP>
 __device__ __forceinline__ void sm90_load_q_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
@@ -113,7 +113,7 @@ __device__ __forceinline__ void sm90_gather_e4m3(const cuda_attn_params &p, cons
     }
 }
 
-// Producer, e4m3: a staged tile (BN x HD e4m3) -> the swizzled fp16 tile, or (KEEP, HD = 128)
+// Producer, e4m3: a staged tile (BN x HD e4m3) -> the swizzled fp16 tile, or (KEEP, HD >= 128)
 // the swizzled 8-bit tile.
 template <int HD, int BN, bool KEEP>
 __device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
@@ -127,14 +127,22 @@ __device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *t
     }
 }
 
-// Producer, e4m3 kept: a staged V tile (BN = 128 keys x DV = 128 e4m3) -> V^T, the K-major B
-// operand of P.V (DV rows of 128 keys, swizzled), its keys permuted within each 16 (sm90_pack_p:
-// position 4q + j holds key 2q + (j & 1) + 8 (j >> 1)), so that a thread's S accumulators are its
-// P fragment. A thread moves 4 columns x 16 keys: 16 words read (a warp reads whole key rows), 4x4
+// Byte offset of 16-byte chunk c (keys 16c ..) of row d of the e4m3 V^T tile (DV rows of BN keys):
+// BN = 128, one 128-byte swizzled row; BN = 64, 64-byte rows in the 64-byte swizzle (chunk
+// c ^ ((d >> 1) & 3), 8-row atoms of 512 bytes).
+template <int DV, int BN> __device__ __forceinline__ uint32_t sm90_vt_offset(int d, int c) {
+    static_assert(BN == 128 || BN == 64, "V^T rows of 128 or 64 keys");
+    if constexpr (BN == 128) return sm90_swizzle(d, c, DV);
+    else return (uint32_t)(d * 64 + ((c ^ ((d >> 1) & 3)) << 4));
+}
+
+// Producer, e4m3 kept: a staged V tile (BN keys x DV e4m3) -> V^T, the K-major B operand of P.V
+// (DV rows of BN keys, sm90_vt_offset), its keys permuted within each 16 (sm90_pack_p: position
+// 4q + j holds key 2q + (j & 1) + 8 (j >> 1)), so that a thread's S accumulators are its P
+// fragment. A thread moves 4 columns x 16 keys: 16 words read (a warp reads whole key rows), 4x4
 // byte transposes, 4 16-byte rows written.
 template <int DV, int BN>
 __device__ __forceinline__ void sm90_transpose_v_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
-    static_assert(DV == 128 && BN == 128, "one 128-byte row of keys a column");
 #pragma unroll 1
     for (int idx = ptid; idx < DV / 4 * BN / 16; idx += 128) {
         const int d4 = idx % (DV / 4), c = idx / (DV / 4);
@@ -156,7 +164,7 @@ __device__ __forceinline__ void sm90_transpose_v_e4m3(const uint8_t *src, uint8_
         }
 #pragma unroll
         for (int e = 0; e < 4; e++)
-            *(uint4 *)(tile + sm90_swizzle(d4 * 4 + e, c, DV)) = make_uint4(t[e][0], t[e][1], t[e][2], t[e][3]);
+            *(uint4 *)(tile + sm90_vt_offset<DV, BN>(d4 * 4 + e, c)) = make_uint4(t[e][0], t[e][1], t[e][2], t[e][3]);
     }
 }
 
@@ -243,12 +251,12 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
     }
 }
 
-// Producer, e4m3: Q converted synchronously; tile i's rows arrive in staging buffer i % STG
-// (issued STG - 1 tiles earlier within the item; with one buffer, in its own iteration) and are
-// converted into stage i % NST once the consumers released it.
+// Producer, e4m3: Q stored synchronously; tile i's rows arrive in staging buffer i % 2 (issued one
+// tile earlier within the item) and are moved into stage i % NST once the consumers released it.
 template <int HD, int BN, int NST, int STG>
 __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
                                                   const sm90_ring &r, int it, int ptid) {
+    static_assert(STG == 2, "two staging buffers");
     constexpr bool KEEP = sm90_native(HD, 1);
     constexpr int TB = sm90_tile_bytes(BN, HD, sm90_es(HD, 1));
     sm90_load_q_e4m3<HD, SM90_BM, KEEP>(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, r.gen, ptid);
@@ -256,9 +264,8 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
     sm90_mbar_arrive(r.full_q);
     uint8_t *stg = r.gen + sm90_off_staging(HD, 1);
     constexpr int SB = 2 * BN * HD; // bytes of one staging buffer (K then V)
-    if (STG == 2)
-        sm90_stage_e4m3<HD, BN>(p, tma, w, 0, r.pages + (it & 1) * BN, stg + (it % STG) * SB,
-                                r.full_stg + 8 * (it % STG), ptid);
+    sm90_stage_e4m3<HD, BN>(p, tma, w, 0, r.pages + (it & 1) * BN, stg + (it % STG) * SB, r.full_stg + 8 * (it % STG),
+                            ptid);
     for (int t = 0; t < w.n_tiles; t++) {
         const int i = it + t, st = i % NST, u = t + STG - 1, j = it + u;
         const uint32_t ph = (uint32_t)(i / NST) & 1;

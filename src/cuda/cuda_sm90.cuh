@@ -105,6 +105,13 @@ __device__ __forceinline__ uint64_t sm90_desc(uint32_t smem_addr, uint32_t lbo, 
            (1ull << 62);
 }
 
+// The same for a K-major operand in the 64-byte swizzle (rows of 64 bytes: 16-byte chunk c of row
+// r at chunk c ^ ((r >> 1) & 3); 8-row atoms of 512 bytes, 512-byte aligned): SBO = 512, bits
+// 62-63 = 2.
+__device__ __forceinline__ uint64_t sm90_desc_sw64(uint32_t smem_addr, uint32_t sbo) {
+    return (uint64_t)((smem_addr & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(sbo >> 4) << 32) | (2ull << 62);
+}
+
 __device__ __forceinline__ void sm90_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void sm90_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void sm90_wgmma_wait() {
@@ -204,26 +211,32 @@ __device__ __forceinline__ void sm90_wgmma_rs(float (&d)[N / 2], const uint32_t 
 
 // e4m3 x e4m3 (k32): 8-bit operands are K-major only (no transpose immediates). d (64 x N f32)
 // (+)= A (64 x 32: shared, or the k32 register fragment) * B (32 x N, shared, K-major).
+#define SM90_SS_E4M3(N, R, D, A0, A1, A2)                                                                             \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" A2 ", 0;\n"                                                     \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 " R ", %" A0 ", %" A1 ", p, 1, 1;\n}\n"  \
+                 : D                                                                                                  \
+                 : "l"(da), "l"(db), "r"(accumulate))
 template <int N>
 __device__ __forceinline__ void sm90_wgmma_ss_e4m3(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
-    static_assert(N == 128, "the e4m3 kernel's S width");
+    static_assert(N == 64 || N == 128, "the e4m3 kernel's S widths");
 #if FA3C_SM90A
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " SM90_R64 ", %64, %65, p, 1, 1;\n}\n"
-                 : SM90_D64
-                 : "l"(da), "l"(db), "r"(accumulate));
+    if constexpr (N == 128) SM90_SS_E4M3(128, SM90_R64, SM90_D64, "64", "65", "66");
+    else SM90_SS_E4M3(64, SM90_R32, SM90_D32, "32", "33", "34");
 #endif
 }
+#define SM90_RS_E4M3(N, R, D, A0, A1, A2, A3, B, F)                                                                   \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" F ", 0;\n"                                                      \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 " R ", {%" A0 ", %" A1 ", %" A2 ", %" A3  \
+                 "}, %" B ", p, 1, 1;\n}\n"                                                                           \
+                 : D                                                                                                  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate))
 template <int N>
 __device__ __forceinline__ void sm90_wgmma_rs_e4m3(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db,
                                                    int accumulate) {
-    static_assert(N == 128, "the e4m3 kernel's P.V width");
+    static_assert(N == 128 || N == 256, "the e4m3 kernel's P.V widths");
 #if FA3C_SM90A
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " SM90_R64
-                 ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
-                 : SM90_D64
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+    if constexpr (N == 256) SM90_RS_E4M3(256, SM90_R128, SM90_D128, "128", "129", "130", "131", "132", "133");
+    else SM90_RS_E4M3(128, SM90_R64, SM90_D64, "64", "65", "66", "67", "68", "69");
 #endif
 }
 

@@ -158,13 +158,15 @@ __device__ __forceinline__ void sm90_qk(float (&s)[BN / 2], uint32_t q_base, uin
 
 // Issues O += P V over the BN keys of v_base, one wgmma a k-step: 16-bit V is MN-major (column
 // blocks of 64 dv BN * 128 bytes apart, a k-step 16 rows); e4m3 V is V^T, K-major (DV rows of
-// BN = 128 keys, a k-step 32 bytes), its keys permuted as sm90_pack_p lays out P.
+// BN = 128 keys in the 128-byte swizzle or of BN = 64 keys in the 64-byte one, a k-step 32 bytes),
+// its keys permuted as sm90_pack_p lays out P.
 template <int DV, int BN, int BF>
 __device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[SM90_PV_STEPS(BN, BF)][4],
                                         uint32_t v_base) {
 #pragma unroll
     for (int ks = 0; ks < SM90_PV_STEPS(BN, BF); ks++) {
-        if constexpr (BF == 2) sm90_wgmma_rs_e4m3<DV>(o, pa[ks], sm90_desc(v_base + ks * 32, 16, 1024), 1);
+        if constexpr (BF == 2 && BN == 128) sm90_wgmma_rs_e4m3<DV>(o, pa[ks], sm90_desc(v_base + ks * 32, 16, 1024), 1);
+        else if constexpr (BF == 2) sm90_wgmma_rs_e4m3<DV>(o, pa[ks], sm90_desc_sw64(v_base + ks * 32, 512), 1);
         else sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
     }
 }
