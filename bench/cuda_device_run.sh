@@ -26,6 +26,9 @@
 #             (.base/ listed in .git/info/exclude, and named in the device call's carry)
 #   torch     bench/bench_torch_sdpa.py (torch SDPA anchors)
 #   ncu       one prefill launch under Nsight Compute
+#   ncu_decode  the first attention launch of each decode shape in $NCU_DECODE (batch:kv:page_size,
+#             space-separated) under Nsight Compute, warm caches and free clocks: throughput,
+#             occupancy, scheduler and memory sections; the first shape also per SASS instruction
 #   ncu_times every prefill launch's duration, the first decode launches, and full profiles of
 #             three launches (d 128 / 256 at s 512, decode batch 1 / 1k)
 # Logs go under $OUT (the device tool's result folder); a summary goes
@@ -186,5 +189,22 @@ if [[ $steps == *,ncu_times,* ]]; then # every prefill launch's duration; the fi
     timeout ${T_NCU:-200} ncu --set full --launch-skip 5 --launch-count 1 \
         "./$BUILD/fa3c_bench_cuda" decode 34 fill > "$OUT/ncu_full_decode_b1.txt" 2>&1 || rc=1
     stamp "ncu_times done"
+fi
+if [[ $steps == *,ncu_decode,* ]]; then
+    first=1
+    for shape in ${NCU_DECODE:-1:1024:0 1:65536:0 16:4096:0 64:1024:0}; do
+        f="$OUT/ncu_decode_${shape//:/_}.txt"
+        FA3C_BENCH_DECODE=$shape timeout ${T_NCU:-120} ncu --kernel-name regex:attn --launch-count 1 \
+            --cache-control none --clock-control none --set full \
+            "./$BUILD/fa3c_bench_cuda" decode 34 fill > "$f" 2>&1 || rc=1
+        grep -E "Duration|DRAM Throughput|Executed Ipc A|Warp Cycles Per Issued|Achieved Occupancy|Executed Instructions  " "$f" | head -8
+        if [[ $first == 1 ]]; then
+            FA3C_BENCH_DECODE=$shape timeout ${T_NCU:-120} ncu --kernel-name regex:attn --launch-count 1 \
+                --section SourceCounters --page source --print-source sass --csv \
+                "./$BUILD/fa3c_bench_cuda" decode 34 fill > "$OUT/ncu_decode_sass.csv" 2>&1 || rc=1
+            first=0
+        fi
+    done
+    stamp "ncu_decode done"
 fi
 exit $rc

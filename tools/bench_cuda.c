@@ -11,6 +11,8 @@
  *            length, num_splits = 0 (heuristic); each call replayed from a CUDA graph; K/V bytes
  *            read per second and their ratio to the copy. Once per split mode of the backend
  *            ($FA3C_CUDA_SPLIT, one context each), so the modes compare within one run.
+ *            $FA3C_BENCH_DECODE=batch:kv:page_size (page size 0: contiguous) runs that shape alone,
+ *            so a profiler's launch count can reach it.
  *   fp8:     the prefill sweep for d = 128 and 256 with e4m3 q, k, v (bf16 out, no descales), each
  *            shape also timed in bf16 in the same run: TFLOP/s of both (FA3's count) and fp8 / bf16.
  *   mla:     MLA absorbed decode as DeepSeek is served through FA3: q (b, s_q, 128, 64) and qv
@@ -292,13 +294,19 @@ static void bench_decode(fa3c_context *ctx, cudaStream_t st, const void *rnd, do
     size_t pt_cap = cap / (hk * d * 2) * sizeof(int32_t); /* one page per key row at most */
     CHECK_CUDA(cudaMalloc(&pt, pt_cap));
     int32_t *host = malloc(pt_cap > 128 * 4 ? pt_cap : 128 * 4);
+    long long only[3] = {-1, -1, -1};
+    const char *env = getenv("FA3C_BENCH_DECODE");
+    if (env && sscanf(env, "%lld:%lld:%lld", &only[0], &only[1], &only[2]) != 3) {
+        fprintf(stderr, "FA3C_BENCH_DECODE=%s: expected batch:kv:page_size\n", env);
+        exit(2);
+    }
     printf("kind,mode,batch,kv,page_size,splits,time_us,kv_gbps,copy_gbps,ratio\n");
     for (int bi = 0; bi < 4; bi++)
         for (int ki = 0; ki < 4; ki++)
             for (int pi = 0; pi < 4; pi++) {
                 int64_t b = batches[bi], kv = kvs[ki], ps = pages[pi];
                 size_t kv_bytes = (size_t)b * kv * hk * d * 2; /* per K and V */
-                if (kv_bytes > cap) continue;
+                if (kv_bytes > cap || (env && (b != only[0] || kv != only[1] || ps != only[2]))) continue;
                 for (int64_t i = 0; i < b; i++) host[i] = (int32_t)kv;
                 CHECK_CUDA(cudaMemcpy(lens, host, (size_t)b * 4, cudaMemcpyHostToDevice));
                 int64_t qs[4] = {b, 1, h, d}, ls[1] = {b};
