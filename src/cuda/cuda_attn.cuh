@@ -69,8 +69,9 @@ __host__ __device__ constexpr size_t attn_smem_bytes(int hd, int dv, int mt, int
 
 // Token (within the sequence) and q head of packed row R of kv head hk / head `head`.
 __device__ __forceinline__ void attn_row(const cuda_attn_params &p, int R, int g, int head, int hk, int *i, int *hq) {
-    *i = R / g;
-    *hq = p.pack_gqa ? hk * g + R % g : head;
+    const unsigned r = (unsigned)R, n = (unsigned)g; // R >= 0, g >= 1: the cheaper unsigned division
+    *i = (int)(r / n);
+    *hq = p.pack_gqa ? hk * g + (int)(r % n) : head;
 }
 
 // Cache row r = k_offset + j of key j: (page, row in page) when paged, else (cache batch, r);
@@ -103,9 +104,12 @@ __device__ __forceinline__ void attn_issue_pages(const cuda_attn_params &p, cons
 // zero-filled, so padded head dims and the tail tile contribute exact zeros. Each thread issues a
 // fixed number of 16-byte chunks. When K and V rows have the same chunk count (dv == d buckets) a
 // thread's K and V chunks sit at the same (row, column), so one cache position (one page-id read)
-// serves both. UNROLL: how far the chunk loop unrolls (the decode shape unrolls it fully, so the
-// page-id reads and address computations of a tile overlap; the many-rows shapes keep it rolled,
-// their registers are taken by the accumulators).
+// serves both. UNROLL: how far the chunk loops unroll. The decode shape (UNROLL > 1) unrolls them
+// fully and, where the chunk count divides the block (d = dv = 64, 128, 256), keeps one column a
+// thread and steps down rows RSTEP at a time, so that unpaged its addresses are one add apart: it
+// is bound by these instructions (ncu, H100: ~300 a thread per tile when every chunk computed its
+// address from scratch). The many-rows shapes keep the loops rolled and recompute addresses:
+// their registers are taken by the accumulators (the stepping form spilled there).
 template <int HD, int DV, int BN, int UNROLL>
 __device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const cuda_seqlens &sl, int hk, int k0,
                                               int kmax, const int32_t *pages, uint16_t *dK, uint16_t *dV, int tid) {
@@ -114,7 +118,34 @@ __device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const c
     static_assert(BN * CPR_K % ATTN_THREADS == 0 && BN * CPR_V % ATTN_THREADS == 0, "whole chunks per thread");
     const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
     const uint16_t *vb = (const uint16_t *)p.v + (int64_t)hk * p.v_sh;
-    if constexpr (CPR_K == CPR_V) {
+    if constexpr (UNROLL > 1 && CPR_K == CPR_V && ATTN_THREADS % CPR_K == 0) {
+        constexpr int RSTEP = ATTN_THREADS / CPR_K;
+        const int c = tid % CPR_K, r0 = tid / CPR_K;
+        const bool ck = c * 8 < p.d, cv = c * 8 < p.dv;
+        const uint32_t sk = cuda_smem_addr(dK + r0 * QS + c * 8), sv = cuda_smem_addr(dV + r0 * VS + c * 8);
+        kb += c * 8;
+        vb += c * 8;
+        if (!p.page_table) { // rows r0, r0 + RSTEP, ... of one cache batch
+            const int64_t r = (int64_t)sl.k_offset + k0 + r0;
+            kb += (int64_t)sl.k_batch * p.k_sb + r * p.k_sr;
+            vb += (int64_t)sl.k_batch * p.v_sb + r * p.v_sr;
+        }
+        const int64_t kstep = RSTEP * p.k_sr, vstep = RSTEP * p.v_sr;
+#pragma unroll UNROLL
+        for (int it = 0; it < IT_K; it++) {
+            const int rr = r0 + it * RSTEP;
+            const bool v = k0 + rr < kmax;
+            const uint16_t *ks = kb + it * kstep, *vs = vb + it * vstep;
+            if (p.page_table) {
+                int x, y;
+                attn_cache_pos(p, sl, k0 + rr, v ? pages[rr] : 0, &x, &y);
+                ks = kb + (int64_t)x * p.k_sb + (int64_t)y * p.k_sr;
+                vs = vb + (int64_t)x * p.v_sb + (int64_t)y * p.v_sr;
+            }
+            cuda_cp_async16(sk + it * RSTEP * QS * 2, v && ck ? ks : (const uint16_t *)p.k, v && ck);
+            cuda_cp_async16(sv + it * RSTEP * VS * 2, v && cv ? vs : (const uint16_t *)p.v, v && cv);
+        }
+    } else if constexpr (CPR_K == CPR_V) {
 #pragma unroll UNROLL
         for (int it = 0; it < IT_K; it++) {
             int idx = tid + it * ATTN_THREADS, rr = idx / CPR_K, c = idx % CPR_K, j = k0 + rr, x, y;
@@ -330,8 +361,9 @@ __device__ __forceinline__ bool attn_cta_keys(const cuda_attn_params &p, int bi,
     *slo = 0;
     *shi = seqlen_k;
     if (p.num_splits > 1 && p.pieces) { // slot `split` takes its run of whole tiles of [lo_f, hi_l)
-        int64_t tiles = hi_l > lo_f ? (hi_l - lo_f + bn - 1) / bn : 0;
-        int64_t per = (tiles + p.num_splits - 1) / p.num_splits;
+        // bn is a compile-time tile size, and tile counts fit 32 bits: no 64-bit division here.
+        const unsigned tiles = hi_l > lo_f ? (unsigned)((hi_l - lo_f + bn - 1) / bn) : 0u;
+        const int64_t per = (tiles + (unsigned)p.num_splits - 1) / (unsigned)p.num_splits;
         *slo = min(lo_f + split * per * bn, max(hi_l, lo_f));
         *shi = min(hi_l, *slo + per * bn);
     } else if (p.num_splits > 1) {
@@ -455,25 +487,38 @@ __device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq
     return corr;
 }
 
-// One finished row (token tok, head hq): out and lse, or split `split`'s partial. o (2,) columns
-// col, col + 1 (unnormalised; times o_scale, the e4m3 v descale, else 1), m in log2 units. cols:
-// 2 (a column pair) or 1. poison: the metadata check failed, out and lse get NaN.
-template <int BF>
+// One finished row (token tok, head hq): out and lse, or split `split`'s partial. o (COLS,)
+// columns col .. col + COLS - 1 (unnormalised; times o_scale, the e4m3 v descale, else 1), m in
+// log2 units. COLS: 2 or 4 (one 8- / 16-byte store where the address allows it; out rows hold
+// whole 4-byte pairs). poison: the metadata check failed, out and lse get NaN.
+template <int BF, int COLS>
 __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi, int64_t tok, int hq, int split,
-                                               int col, int cols, const float *o, float m, float l, float o_scale,
+                                               int col, const float *o, float m, float l, float o_scale,
                                                bool write_lse, bool poison) {
+    static_assert(COLS == 2 || COLS == 4, "column pairs");
     float lse = l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
     float inv = l > 0.0f ? o_scale / l : 0.0f;
     if (poison && p.num_splits == 1) lse = inv = NAN;
     if (p.num_splits > 1) {
         float *dst = p.oacc + split * p.oa_ss + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col;
-        dst[0] = o[0] * inv;
-        if (cols == 2) dst[1] = o[1] * inv;
+        if (COLS == 4 && ((uintptr_t)dst & 15) == 0) {
+            *(float4 *)dst = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
+        } else {
+#pragma unroll
+            for (int e = 0; e < COLS; e++) dst[e] = o[e] * inv;
+        }
         if (write_lse) p.lacc[split * p.la_ss + bi * p.la_sb + hq * p.la_sh + tok * p.la_sr] = lse;
     } else {
         uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
-        if (cols == 2) *(uint32_t *)dst = cuda_pack2<BF>(o[0] * inv, o[1] * inv);
-        else *dst = cuda_from_f32<BF>(o[0] * inv);
+        uint32_t w[COLS / 2];
+#pragma unroll
+        for (int e = 0; e < COLS / 2; e++) w[e] = cuda_pack2<BF>(o[2 * e] * inv, o[2 * e + 1] * inv);
+        if (COLS == 4 && ((uintptr_t)dst & 7) == 0) {
+            *(uint2 *)dst = make_uint2(w[0], w[COLS / 2 - 1]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < COLS / 2; e++) *(uint32_t *)(dst + 2 * e) = w[e];
+        }
         if (write_lse && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = lse;
     }
 }
@@ -502,7 +547,7 @@ __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int b
         for (int ot = 0; ot < OT; ot++) {
             int col = col0 + ot * 8 + 2 * (lane & 3);
             if (col < p.dv)
-                attn_store_row<BF>(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, col, 2, &o[ot][h2], m[ri], l[ri],
+                attn_store_row<BF, 2>(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, col, &o[ot][h2], m[ri], l[ri],
                                    o_scale, with_lse && ot == 0 && (lane & 3) == 0, poison);
         }
     }
@@ -583,6 +628,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     static_assert(!WSPLIT || (size_t)ATTN_WARPS * 16 * DV * 4 + 2 * 64 * 4 <= KV_BYTES,
                   "the decode merge fits in the K/V region");
     static_assert(!WSPLIT || (16 * 256 + 16) * 4 <= KV_BYTES, "the fused combine's weights fit too");
+    static_assert(!WSPLIT || DV % 32 == 0, "the decode merge takes 32 columns a step");
 
     extern __shared__ uint4 attn_smem[];
     uint16_t *sQ = (uint16_t *)attn_smem;
@@ -595,6 +641,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int bi, head, split, m_block;
     attn_cta_coords(p, blockIdx.x, &bi, &head, &split, &m_block);
+    cuda_pdl_wait();
+    cuda_pdl_release();
 
     // Before any return: warp-collective, and every CTA reaches the same verdict.
     const bool poison = !cuda_meta_ok(p.meta);
@@ -807,22 +855,38 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
             }
         }
         __syncthreads();
-        for (int idx = tid; idx < 16 * DV; idx += ATTN_THREADS) {
-            int row = idx / DV, col = idx % DV, R = row0 + row, i, hq;
-            if (R >= rows || col >= p.dv) continue;
-            float M = -INFINITY;
+        // 8 threads a row, each 4 columns of every 32 (conflict-free 16-byte reads, coalesced
+        // stores): the row's merge factors are computed once, not once a column.
+        const int row = tid >> 3, R = row0 + row;
+        if (R < rows) {
+            float M = -INFINITY, L = 0.0f, c[ATTN_WARPS];
 #pragma unroll
             for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, sM[w * 16 + row]);
-            float m_use = M == -INFINITY ? 0.0f : M, L = 0.0f, o = 0.0f;
+            const float m_use = M == -INFINITY ? 0.0f : M;
 #pragma unroll
             for (int w = 0; w < ATTN_WARPS; w++) {
-                float c = cuda_exp2(sM[w * 16 + row] - m_use);
-                L += sL[w * 16 + row] * c;
-                o += sO[(w * 16 + row) * DV + col] * c;
+                c[w] = cuda_exp2(sM[w * 16 + row] - m_use);
+                L += sL[w * 16 + row] * c[w];
             }
+            int i, hq;
             attn_row(p, R, g, head, hk, &i, &hq);
-            if (sink) o *= attn_add_sink(p, hq, &M, &L);
-            attn_store_row<OBF>(p, bi, sl.q_offset + i, hq, split, col, 1, &o, M, L, v_ds, col == 0, poison);
+            if (sink) {
+                const float f = attn_add_sink(p, hq, &M, &L);
+#pragma unroll
+                for (int w = 0; w < ATTN_WARPS; w++) c[w] *= f;
+            }
+#pragma unroll
+            for (int k = 0; k < DV / 32; k++) {
+                const int col = k * 32 + (tid & 7) * 4;
+                if (col >= p.dv) break;
+                float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int w = 0; w < ATTN_WARPS; w++) {
+                    const float4 x = *(const float4 *)&sO[(w * 16 + row) * DV + col];
+                    o[0] += x.x * c[w], o[1] += x.y * c[w], o[2] += x.z * c[w], o[3] += x.w * c[w];
+                }
+                attn_store_row<OBF, 4>(p, bi, sl.q_offset + i, hq, split, col, o, M, L, v_ds, col == 0, poison);
+            }
         }
         if (p.counts) attn_combine_slots<OBF, DV>(p, sl, bi, head, hk, g, row0, rows, m_block, poison, (float *)sK, tid);
     }
@@ -833,9 +897,8 @@ static cudaError_t attn_launch(const cuda_attn_params *p, const cuda_tma *tma, c
     (void)tma;
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
-    attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>
-        <<<(unsigned)blocks, ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), stream>>>(*p);
-    return cudaGetLastError();
+    return cuda_launch(p->pdl, attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>, (unsigned)blocks, ATTN_THREADS,
+                       attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), stream, *p);
 }
 
 template <int HD, int DV, int BF, int MT, int WSPLIT>
