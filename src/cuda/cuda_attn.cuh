@@ -641,8 +641,6 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int bi, head, split, m_block;
     attn_cta_coords(p, blockIdx.x, &bi, &head, &split, &m_block);
-    cuda_pdl_wait();
-    cuda_pdl_release();
 
     // Before any return: warp-collective, and every CTA reaches the same verdict.
     const bool poison = !cuda_meta_ok(p.meta);
@@ -661,20 +659,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
         return;
     }
 
-    // This thread's rows (accumulator rows lane/4 and lane/4 + 8 of each of its m16 tiles).
-    const int wrow0 = WSPLIT ? 0 : warp * 16 * MT, kw0 = WSPLIT ? warp * KW : 0;
-    int rlo[R2], rhi[R2], rtok[R2], rhq[R2];
-    bool rvalid[R2];
-#pragma unroll
-    for (int e = 0; e < R2; e++)
-        attn_row_keys(p, row0 + wrow0 + (e >> 1) * 16 + (lane >> 2) + 8 * (e & 1), rows, g, head, hk, seqlen_q,
-                      seqlen_k, slo, shi, &rvalid[e], &rtok[e], &rhq[e], &rlo[e], &rhi[e]);
-    int flo, fhi;
-    attn_warp_keys<R2>(rvalid, rlo, rhi, &flo, &fhi);
     const int n_tiles = kmax > kmin ? (kmax - kmin + BN - 1) / BN : 0;
-    const bool warp_active = row0 + wrow0 < rows;
-    const float qk_ds = FP8 ? cuda_descale(p.q_ds, p.qd_sb, p.qd_sh, bi, hk) * cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, bi, hk)
-                            : 1.0f;
 
     // Prologue. Paged: Q and the page ids of tiles 0 .. NST - 1, waited for (the K/V addresses need
     // them). Then K/V of tiles 0 .. NST - 2, one cp.async group each (Q rides in tile 0's group when
@@ -709,6 +694,21 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
         }
         cuda_cp_async_commit();
     }
+
+    // This thread's rows (accumulator rows lane/4 and lane/4 + 8 of each of its m16 tiles), worked
+    // out while the first tiles are in flight (a batch-1 decode CTA is one such latency chain).
+    const int wrow0 = WSPLIT ? 0 : warp * 16 * MT, kw0 = WSPLIT ? warp * KW : 0;
+    int rlo[R2], rhi[R2], rtok[R2], rhq[R2];
+    bool rvalid[R2];
+#pragma unroll
+    for (int e = 0; e < R2; e++)
+        attn_row_keys(p, row0 + wrow0 + (e >> 1) * 16 + (lane >> 2) + 8 * (e & 1), rows, g, head, hk, seqlen_q,
+                      seqlen_k, slo, shi, &rvalid[e], &rtok[e], &rhq[e], &rlo[e], &rhi[e]);
+    int flo, fhi;
+    attn_warp_keys<R2>(rvalid, rlo, rhi, &flo, &fhi);
+    const bool warp_active = row0 + wrow0 < rows;
+    const float qk_ds = FP8 ? cuda_descale(p.q_ds, p.qd_sb, p.qd_sh, bi, hk) * cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, bi, hk)
+                            : 1.0f;
     cuda_cp_async_wait<NST - 2>();
     __syncthreads();
 
@@ -897,8 +897,9 @@ static cudaError_t attn_launch(const cuda_attn_params *p, const cuda_tma *tma, c
     (void)tma;
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
-    return cuda_launch(p->pdl, attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>, (unsigned)blocks, ATTN_THREADS,
-                       attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), stream, *p);
+    attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>
+        <<<(unsigned)blocks, ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), stream>>>(*p);
+    return cudaGetLastError();
 }
 
 template <int HD, int DV, int BF, int MT, int WSPLIT>

@@ -79,8 +79,6 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     const uint32_t full_q = smem + mla_off_bars(DV), full = full_q + 8, empty = full + 8 * NST;
 
     const int tid = threadIdx.x, lane = tid & 31;
-    cuda_pdl_wait();
-    cuda_pdl_release();
     const bool poison = !cuda_meta_ok(p.meta); // warp-collective, before any return
     sm90_item w;
     const int kind = sm90_item_get<BM, BN>(p, tma, blockIdx.x, &w);
@@ -223,8 +221,8 @@ template <int DV, int BF>
 static cudaError_t mla_launch(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream) {
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
-    return cuda_launch(p->pdl, attn_mla_kernel<DV, BF>, (unsigned)blocks, MLA_THREADS, mla_smem_bytes(DV), stream, *p,
-                       *tma);
+    attn_mla_kernel<DV, BF><<<(unsigned)blocks, MLA_THREADS, mla_smem_bytes(DV), stream>>>(*p, *tma);
+    return cudaGetLastError();
 }
 
 template <int DV, int BF> static cudaError_t mla_prepare(void) {

@@ -315,8 +315,6 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     r.full_stg = r.empty_v + 8 * NST;
 
     const int tid = threadIdx.x, lane = tid & 31;
-    cuda_pdl_wait();
-    cuda_pdl_release();
     const bool poison = !cuda_meta_ok(p.meta); // warp-collective, before any return
     // Work items (< 2^31, the host's launch limit; ids below 2^32 with the grid's added).
     const unsigned n_items = (unsigned)p.b * p.grid_heads * p.num_splits * p.num_m_blocks;
@@ -458,8 +456,8 @@ static cudaError_t sm90_launch(const cuda_attn_params *p, const cuda_tma *tma, c
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
     if (p->ctas > 0 && p->ctas < blocks) blocks = p->ctas;
-    return cuda_launch(p->pdl, attn_sm90_kernel<HD, BF>, (unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD, BF == 2),
-                       stream, *p, *tma);
+    attn_sm90_kernel<HD, BF><<<(unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD, BF == 2), stream>>>(*p, *tma);
+    return cudaGetLastError();
 }
 
 template <int HD, int BF> static cudaError_t sm90_prepare(void) {

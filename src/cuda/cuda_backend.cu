@@ -117,16 +117,6 @@ static fa3c_status ctas_from_env(int *ctas) {
     return FA3C_OK;
 }
 
-// $FA3C_CUDA_PDL: 1 (default) launches the attention and combine kernels with programmatic
-// dependent launch where the device has it (compute capability 9.x), 0 never (before / after runs).
-static fa3c_status pdl_from_env(int *on) {
-    const char *v = getenv("FA3C_CUDA_PDL");
-    if (!v || !*v || strcmp(v, "1") == 0) *on = 1;
-    else if (strcmp(v, "0") == 0) *on = 0;
-    else return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "FA3C_CUDA_PDL: expected 0 or 1, got \"%s\"", v);
-    return FA3C_OK;
-}
-
 static void state_free(cuda_state *st) {
     if (st->ws.ptr) cudaFree(st->ws.ptr);
     if (st->counts.ptr) cudaFree(st->counts.ptr);
@@ -147,11 +137,10 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     if (prop.major < 8)
         return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: device %d (%s) has compute capability %d.%d; the cuda "
                          "backend needs 8.0 or newer", (int)opt->device_index, prop.name, prop.major, prop.minor);
-    int split_mode, sm90, ctas, pdl;
+    int split_mode, sm90, ctas;
     FA3C_TRY(split_mode_from_env(&split_mode));
     FA3C_TRY(sm90_from_env(&sm90));
     FA3C_TRY(ctas_from_env(&ctas));
-    FA3C_TRY(pdl_from_env(&pdl));
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     int *occ = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
     if (!st || !occ) {
@@ -168,7 +157,6 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     st->split_mode = split_mode;
     st->ctas = ctas;
     st->sm90 = sm90 && prop.major == 9;
-    st->pdl = pdl && prop.major >= 9;
     // The bulk-copy tensor-map encoder (driver API, fetched through the runtime); $FA3C_CUDA_TMA=0
     // leaves it out, so the wgmma kernel gathers every tile with cp.async (tests force both paths).
     const char *tma_env = getenv("FA3C_CUDA_TMA");
@@ -792,7 +780,6 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.counts = counts;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
     if (!simple) ap.ctas = persistent_ctas(cst, p, choice->kernel);
-    ap.pdl = cst->pdl;
     if (simple) FA3C_TRY(run_simple(p, &ap, stream));
     else if (ap.num_m_blocks > 0) {
         cuda_tma tma;
@@ -822,7 +809,6 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         cp.seq = seq;
         cp.splits_dyn = splits;
         cp.meta = mc;
-        cp.pdl = cst->pdl;
         CUDA_TRY(cuda_combine_launch(&cp, stream), "combine kernel launch");
     }
     return FA3C_OK;
@@ -856,7 +842,6 @@ static fa3c_status cuda_combine(fa3c_context *ctx, const fa3c_tensor *out_partia
     }
     if ((int64_t)out_partial->shape[1] * out_partial->shape[2] * out_partial->shape[3] > (int64_t)INT32_MAX * 8)
         return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: combine of more than 2^34 rows");
-    cp.pdl = state_of(ctx)->pdl;
     CUDA_TRY(cuda_combine_launch(&cp, stream_of(ctx)), "combine kernel launch");
     return FA3C_OK;
 }

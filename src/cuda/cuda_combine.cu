@@ -12,8 +12,6 @@
 __global__ void __launch_bounds__(COMBINE_WARPS * 32) combine_kernel(const __grid_constant__ cuda_combine_params p) {
     __shared__ float sw[COMBINE_WARPS][COMBINE_MAX_SPLITS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    cuda_pdl_wait();
-    cuda_pdl_release();
     int64_t idx = (int64_t)blockIdx.x * COMBINE_WARPS + warp, per_b = (int64_t)p.s * p.h;
     if (idx >= per_b * p.b) return;
     const int bi = (int)(idx / per_b), i = (int)(idx % per_b / p.h), hq = (int)(idx % p.h);
@@ -62,8 +60,8 @@ __global__ void __launch_bounds__(COMBINE_WARPS * 32) combine_kernel(const __gri
 cudaError_t cuda_combine_launch(const cuda_combine_params *p, cudaStream_t stream) {
     int64_t rows = (int64_t)p->b * p->s * p->h;
     if (rows == 0) return cudaSuccess;
-    return cuda_launch(p->pdl, combine_kernel, (unsigned)((rows + COMBINE_WARPS - 1) / COMBINE_WARPS), COMBINE_WARPS * 32,
-                       0, stream, *p);
+    combine_kernel<<<(unsigned)((rows + COMBINE_WARPS - 1) / COMBINE_WARPS), COMBINE_WARPS * 32, 0, stream>>>(*p);
+    return cudaGetLastError();
 }
 
 // One warp per row (ni, hi) of out (n, h, dv). Every lane reads both lse values before lane 0

@@ -39,7 +39,6 @@ typedef struct cuda_state {
     int     sm90;       // the wgmma kernels run here: compute capability 9.x and $FA3C_CUDA_SM90 != 0
     void   *tma_encode; // the driver's cuTensorMapEncodeTiled (sm90 only; NULL: no TMA)
     int     ctas;       // $FA3C_CUDA_CTAS: the persistent kernel's grid (-1: unset; 0: a CTA per item)
-    int     pdl;        // attention and combine launches overlap the stream's previous kernel (cuda_launch)
 } cuda_state;
 
 // How a forward with S > 1 and no out_accum spreads the keys over CTAs ($FA3C_CUDA_SPLIT):
@@ -320,45 +319,6 @@ __device__ __forceinline__ float cuda_exp2(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Programmatic dependent launch (compute capability 9.x). A kernel launched with pdl may start
-// while the stream's previous kernel still runs: its CTAs take their places on the SMs and work
-// out their coordinates under the other kernel's tail instead of after it (at batch 1 a decode
-// call is mostly that latency). So every kernel launched through cuda_launch calls
-// cuda_pdl_wait() before its first global-memory access, read or write: it returns once the
-// previous kernel has finished and its writes are visible (at once where there is none).
-// cuda_pdl_release() lets the next such kernel start once every CTA of this one has called it or
-// exited; it orders nothing (that kernel still waits for this one's end). Both are no-ops before
-// sm_90 and in kernels launched without pdl.
-__device__ __forceinline__ void cuda_pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cuda_pdl_release() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// kernel<<<grid, threads, smem, stream>>>(args...), with programmatic stream serialization when
-// pdl is set (cuda_state.pdl: compute capability 9.x, not turned off by $FA3C_CUDA_PDL=0).
-template <typename... Params, typename... Args>
-static cudaError_t cuda_launch(bool pdl, void (*kernel)(Params...), unsigned grid, unsigned threads, size_t smem,
-                               cudaStream_t stream, Args... args) {
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(threads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, args...);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Attention (cuda_attn.cuh, instantiated per head-dim bucket in cuda_attn_d*.cu)
 
 // Strides are in elements. Batch strides are 0 where the row index already is a packed token
@@ -399,7 +359,6 @@ typedef struct cuda_attn_params {
     int32_t *counts;                       // (b, grid_heads, num_m_blocks) arrival counters, or NULL
     cuda_meta_check meta;                  // checked when out/lse are written here
     int32_t ctas;                          // the persistent wgmma kernel's grid (0: a CTA per work item)
-    int32_t pdl;                           // launched with programmatic dependent launch (cuda_launch)
     const float *q_ds, *k_ds, *v_ds;       // (b, h_k) descales (e4m3 only), NULL: 1
     int64_t qd_sb, qd_sh, kd_sb, kd_sh, vd_sb, vd_sh;
 } cuda_attn_params;
@@ -484,7 +443,6 @@ typedef struct cuda_combine_params {
     cuda_seq_params seq;
     const int32_t  *splits_dyn; // fwd: (b,) split counts, each checked to lie in [1, S]; NULL: S
     cuda_meta_check meta;       // fwd
-    int32_t         pdl;        // launched with programmatic dependent launch (cuda_launch)
 } cuda_combine_params;
 
 cudaError_t cuda_combine_launch(const cuda_combine_params *p, cudaStream_t stream);
