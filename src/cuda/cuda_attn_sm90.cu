@@ -42,6 +42,12 @@ __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 
 // transposed by the producer); d = 64 is converted to fp16 tiles. Bytes of a ring element:
 __host__ __device__ constexpr bool sm90_native(int hd, int fp8) { return fp8 && hd >= 128; }
 __host__ __device__ constexpr int sm90_es(int hd, int fp8) { return sm90_native(hd, fp8) ? 1 : 2; }
+// Ping-pong: the two consumer warpgroups take turns issuing their GEMMs, so that one's softmax
+// runs under the other's GEMMs rather than both exponentiating at once while the tensor cores
+// idle. Where the exponentials weigh most against the GEMMs (FA3's choice): 16-bit d <= 128 and
+// e4m3 d >= 128. Named barrier SM90_BAR_TURN + w is warpgroup w's turn (1 is the producer's).
+__host__ __device__ constexpr bool sm90_pingpong(int hd, int fp8) { return fp8 ? hd >= 128 : hd <= 128; }
+#define SM90_BAR_TURN 2
 // K/V stages: as many as fit beside the Q tile in 227 KB.
 __host__ __device__ constexpr int sm90_stages(int hd, int fp8) { return hd <= 64 || sm90_native(hd, fp8) ? 4 : 2; }
 
@@ -354,6 +360,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     const int ctid = tid - 128, cwg = ctid >> 7, cwarp = (ctid >> 5) & 3;
     const int wrow0 = cwg * 64 + cwarp * 16; // this warp's 16 rows of the tile
     const uint32_t q_base = r.q + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
+    constexpr bool PP = sm90_pingpong(HD, FP8);
+    if (PP && cwg == 1) sm90_named_arrive(SM90_BAR_TURN, 256); // warpgroup 0 issues first
     int it = 0, qi = 0;
     for (unsigned id = blockIdx.x; id < n_items; id += gridDim.x) {
         sm90_item w;
@@ -396,6 +404,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             const int i = it + t, st = i % NST, pst = (i + NST - 1) % NST;
             const uint32_t ph = (uint32_t)(i / NST) & 1, pph = (uint32_t)((i - 1) / NST) & 1;
             sm90_mbar_wait(r.full_k + 8 * st, ph);
+            if (PP) sm90_named_sync(SM90_BAR_TURN + cwg, 256);
             sm90_wgmma_fence();
             sm90_qk<HD, BM, BN, CBF>(s, q_base, r.k + st * TB);
             sm90_wgmma_commit();
@@ -403,8 +412,10 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
                 sm90_mbar_wait(r.full_v + 8 * pst, pph);
                 sm90_pv<DV, BN, CBF>(o, pa, r.v + pst * TB);
                 sm90_wgmma_commit();
+                if (PP) sm90_named_arrive(SM90_BAR_TURN + (cwg ^ 1), 256);
                 sm90_wgmma_wait<1>();
             } else {
+                if (PP) sm90_named_arrive(SM90_BAR_TURN + (cwg ^ 1), 256);
                 sm90_wgmma_wait<0>();
             }
             sm90_fence_regs(s);
@@ -448,6 +459,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         attn_store_tile<OBF, DV / 8>(p, w.bi, w.sl.q_offset, w.split, rvalid, rtok, rhq, o4, m, l, v_ds,
                                      p.sinks && w.split == 0, poison, lane, 0, true);
     }
+    // Warpgroup 1 handed the turn back after every tile, the first pass included: take the last one.
+    if (PP && cwg == 0) sm90_named_sync(SM90_BAR_TURN, 256);
 #endif
 }
 

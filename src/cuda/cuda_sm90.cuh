@@ -73,6 +73,10 @@ __device__ __forceinline__ void sm90_tma_load_4d(uint32_t dst, const CUtensorMap
 __device__ __forceinline__ void sm90_named_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Counts this warp's threads towards barrier `id` without waiting for it.
+__device__ __forceinline__ void sm90_named_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // ---------------------------------------------------------------------------------------------
 // Register reallocation between warpgroups (the kernel needs a register cap at entry:
