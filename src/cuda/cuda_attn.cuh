@@ -142,8 +142,8 @@ __device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const c
                 ks = kb + (int64_t)x * p.k_sb + (int64_t)y * p.k_sr;
                 vs = vb + (int64_t)x * p.v_sb + (int64_t)y * p.v_sr;
             }
-            cuda_cp_async16(sk + it * RSTEP * QS * 2, v && ck ? ks : (const uint16_t *)p.k, v && ck);
-            cuda_cp_async16(sv + it * RSTEP * VS * 2, v && cv ? vs : (const uint16_t *)p.v, v && cv);
+            cuda_cp_async16_row(sk + it * RSTEP * QS * 2, v && ck ? ks : (const uint16_t *)p.k, v && ck);
+            cuda_cp_async16_row(sv + it * RSTEP * VS * 2, v && cv ? vs : (const uint16_t *)p.v, v && cv);
         }
     } else if constexpr (CPR_K == CPR_V) {
 #pragma unroll UNROLL
@@ -154,8 +154,8 @@ __device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const c
             bool vk = v && c * 8 < p.d, vv = v && c * 8 < p.dv;
             const uint16_t *ks = vk ? kb + (int64_t)x * p.k_sb + (int64_t)y * p.k_sr + c * 8 : (const uint16_t *)p.k;
             const uint16_t *vs = vv ? vb + (int64_t)x * p.v_sb + (int64_t)y * p.v_sr + c * 8 : (const uint16_t *)p.v;
-            cuda_cp_async16(cuda_smem_addr(dK + rr * QS + c * 8), ks, vk);
-            cuda_cp_async16(cuda_smem_addr(dV + rr * VS + c * 8), vs, vv);
+            cuda_cp_async16_row(cuda_smem_addr(dK + rr * QS + c * 8), ks, vk);
+            cuda_cp_async16_row(cuda_smem_addr(dV + rr * VS + c * 8), vs, vv);
         }
     } else {
 #pragma unroll UNROLL
@@ -165,7 +165,7 @@ __device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const c
             attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
             v = v && c * 8 < p.d;
             const uint16_t *src = v ? kb + (int64_t)x * p.k_sb + (int64_t)y * p.k_sr + c * 8 : (const uint16_t *)p.k;
-            cuda_cp_async16(cuda_smem_addr(dK + rr * QS + c * 8), src, v);
+            cuda_cp_async16_row(cuda_smem_addr(dK + rr * QS + c * 8), src, v);
         }
 #pragma unroll UNROLL
         for (int it = 0; it < IT_V; it++) {
@@ -174,7 +174,7 @@ __device__ __forceinline__ void attn_issue_kv(const cuda_attn_params &p, const c
             attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
             v = v && c * 8 < p.dv;
             const uint16_t *src = v ? vb + (int64_t)x * p.v_sb + (int64_t)y * p.v_sr + c * 8 : (const uint16_t *)p.v;
-            cuda_cp_async16(cuda_smem_addr(dV + rr * VS + c * 8), src, v);
+            cuda_cp_async16_row(cuda_smem_addr(dV + rr * VS + c * 8), src, v);
         }
     }
 }

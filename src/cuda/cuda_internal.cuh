@@ -261,6 +261,11 @@ __device__ __forceinline__ uint32_t cuda_smem_addr(const void *p) { return (uint
 __device__ __forceinline__ void cuda_cp_async16(uint32_t dst, const void *src, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
 }
+// The same for chunks of a K/V row: L2 fetches the row's whole 256-byte block from memory at once
+// (a head's row is 128..512 contiguous bytes; its other chunks are in flight beside this one).
+__device__ __forceinline__ void cuda_cp_async16_row(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
 __device__ __forceinline__ void cuda_cp_async4(uint32_t dst, const void *src, bool valid) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
 }
