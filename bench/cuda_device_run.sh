@@ -2,8 +2,9 @@
 # One call on a GPU machine: build the cuda backend, then the steps named in $1 (comma-separated):
 #   test      tests/test_cuda (GPU cases, CUDA-graph decode; again with FA3C_CUDA_SPLIT=exact, with
 #             FA3C_CUDA_SM90=0: the mma.sync kernels only, with FA3C_CUDA_TMA=0: the wgmma
-#             kernel gathering every tile with cp.async, and with FA3C_CUDA_CTAS=3: the persistent
-#             wgmma kernel's CTAs walking many work items each; $TEST_ENVS replaces that list)
+#             kernel gathering every tile with cp.async, with FA3C_CUDA_CTAS=3: the persistent
+#             wgmma kernel's CTAs walking many work items each, and with FA3C_CUDA_CLUSTER=0: the
+#             decode combine through global memory; $TEST_ENVS replaces that list)
 #             and tests/test_combine
 #   sweep     the quick forward sweep (FA3C_SWEEP=quick tests/test_fwd_sweep) on cuda, with and
 #             without the wgmma kernels (the CPU backends run it in CI)
@@ -69,7 +70,7 @@ if [[ $steps == *,test,* ]]; then
     timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" > "$OUT/test_cuda.log" 2>&1 || rc=1
     grep -E "FAIL|graph|test_cuda:" "$OUT/test_cuda.log" | tail -40
     stamp "test_cuda done"
-    for env in ${TEST_ENVS:-FA3C_CUDA_SPLIT=exact FA3C_CUDA_SM90=0 FA3C_CUDA_TMA=0 FA3C_CUDA_CTAS=3}; do
+    for env in ${TEST_ENVS:-FA3C_CUDA_SPLIT=exact FA3C_CUDA_SM90=0 FA3C_CUDA_TMA=0 FA3C_CUDA_CTAS=3 FA3C_CUDA_CLUSTER=0}; do
         echo "=== $env" >> "$OUT/test_cuda.log"
         env $env timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" >> "$OUT/test_cuda.log" 2>&1 || rc=1
         sed -n "/=== $env/,\$p" "$OUT/test_cuda.log" | grep -E "FAIL|test_cuda:" | tail -20

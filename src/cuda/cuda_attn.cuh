@@ -610,6 +610,55 @@ __device__ __forceinline__ void attn_combine_slots(const cuda_attn_params &p, co
     }
 }
 
+// The same combine for a cluster of W = num_splits CTAs, the slots of one (sequence, head) with one
+// m-block (p.cluster, sm_90+): each CTA has left its slot's partial rows in its own shared memory
+// (sPart: 16 x DV, sPl: 16 lse); after a cluster barrier every CTA weighs the W slots of each row
+// (read through distributed shared memory) and combines its share of the columns, the groups of
+// 4 columns r, r + W, ... (r its rank). No partials go through global memory, no fence, no
+// counter: at batch 1 that chain was a fifth of a decode call (ncu). A second barrier keeps every
+// CTA's shared memory alive until the others have read it. sW: 16 x W + 16 floats, apart from sPart.
+template <int BF, int DV>
+__device__ __forceinline__ void attn_combine_cluster(const cuda_attn_params &p, const cuda_seqlens &sl, int bi,
+                                                     int head, int hk, int g, int rows, bool poison, const float *sPart,
+                                                     const float *sPl, float *sW, int tid) {
+    cuda_cluster_sync();
+    const int W = p.num_splits, rank = (int)cuda_cluster_rank(), warp = tid >> 5, lane = tid & 31;
+    const int nrow = min(16, rows);
+    float *sLse = sW + 16 * W;
+    for (int r = warp; r < nrow; r += ATTN_WARPS) { // slot weights of row r (one warp a row)
+        float v = lane < W ? cuda_cluster_load(cuda_cluster_addr(sPl + r, (uint32_t)lane)) : -INFINITY;
+        float M = isfinite(v) ? v : -INFINITY;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        float e = isfinite(v) ? expf(v - M) : 0.0f, L = e;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        if (lane < W) sW[r * W + lane] = M != -INFINITY && isfinite(v) ? e / L : -1.0f;
+        if (lane == 0) sLse[r] = M == -INFINITY ? -INFINITY : M + logf(L);
+    }
+    __syncthreads();
+    const int groups = (p.dv / 4 - rank + W - 1) / W; // this CTA's 4-column groups of a row
+    for (int idx = tid; idx < nrow * groups; idx += ATTN_THREADS) {
+        const int r = idx / groups, col = (rank + idx % groups * W) * 4;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int s = 0; s < W; s++) {
+            const float w = sW[r * W + s];
+            if (w < 0.0f) continue; // a slot without keys for this row
+            const float4 x = cuda_cluster_load4(cuda_cluster_addr(sPart + r * DV + col, (uint32_t)s));
+            acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
+        }
+        if (poison) acc = make_float4(NAN, NAN, NAN, NAN);
+        int i, hq;
+        attn_row(p, r, g, head, hk, &i, &hq);
+        const int64_t tok = sl.q_offset + i;
+        uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
+        dst[0] = cuda_from_f32<BF>(acc.x), dst[1] = cuda_from_f32<BF>(acc.y);
+        dst[2] = cuda_from_f32<BF>(acc.z), dst[3] = cuda_from_f32<BF>(acc.w);
+        if (col == 0 && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = poison ? NAN : sLse[r];
+    }
+    cuda_cluster_sync();
+}
+
 // BF: 1 bf16, 0 fp16, 2 e4m3 inputs (fp16 mma on converted tiles, bf16 out).
 template <int HD, int DV, int BF, int MT, int WSPLIT>
 __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_constant__ cuda_attn_params p) {
@@ -629,6 +678,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                   "the decode merge fits in the K/V region");
     static_assert(!WSPLIT || (16 * 256 + 16) * 4 <= KV_BYTES, "the fused combine's weights fit too");
     static_assert(!WSPLIT || DV % 32 == 0, "the decode merge takes 32 columns a step");
+    static_assert(!WSPLIT || (size_t)(ATTN_WARPS + 1) * 16 * DV * 4 + 3 * 64 * 4 <= KV_BYTES,
+                  "the cluster combine's partial rows fit beside the merge");
 
     extern __shared__ uint4 attn_smem[];
     uint16_t *sQ = (uint16_t *)attn_smem;
@@ -840,6 +891,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
         // K/V stages, then each thread finishes some (row, column) elements.
         __syncthreads(); // every warp is done reading the last tile
         float *sO = (float *)sK, *sM = sO + ATTN_WARPS * 16 * DV, *sL = sM + ATTN_WARPS * 16;
+        float *sPart = sL + ATTN_WARPS * 16, *sPl = sPart + 16 * DV; // the cluster combine's partial rows
 #pragma unroll
         for (int ri = 0; ri < 2; ri++) {
             int row = (lane >> 2) + 8 * ri;
@@ -885,10 +937,19 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                     const float4 x = *(const float4 *)&sO[(w * 16 + row) * DV + col];
                     o[0] += x.x * c[w], o[1] += x.y * c[w], o[2] += x.z * c[w], o[3] += x.w * c[w];
                 }
-                attn_store_row<OBF, 4>(p, bi, sl.q_offset + i, hq, split, col, o, M, L, v_ds, col == 0, poison);
+                if (p.cluster) { // the slot's partial row stays here for the cluster's combine
+                    const float inv = L > 0.0f ? v_ds / L : 0.0f;
+                    *(float4 *)&sPart[row * DV + col] = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
+                    if (col == 0) sPl[row] = L > 0.0f ? M * ATTN_LN2 + logf(L) : -INFINITY;
+                } else {
+                    attn_store_row<OBF, 4>(p, bi, sl.q_offset + i, hq, split, col, o, M, L, v_ds, col == 0, poison);
+                }
             }
         }
-        if (p.counts) attn_combine_slots<OBF, DV>(p, sl, bi, head, hk, g, row0, rows, m_block, poison, (float *)sK, tid);
+        if (p.cluster)
+            attn_combine_cluster<OBF, DV>(p, sl, bi, head, hk, g, rows, poison, sPart, sPl, sO, tid);
+        else if (p.counts)
+            attn_combine_slots<OBF, DV>(p, sl, bi, head, hk, g, row0, rows, m_block, poison, (float *)sK, tid);
     }
 }
 
@@ -897,6 +958,20 @@ static cudaError_t attn_launch(const cuda_attn_params *p, const cuda_tma *tma, c
     (void)tma;
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
+    if (p->cluster) { // num_m_blocks 1: the num_splits slots of a (sequence, head) are consecutive CTAs
+        cudaLaunchAttribute attr;
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = (unsigned)p->num_splits;
+        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)blocks);
+        cfg.blockDim = dim3(ATTN_THREADS);
+        cfg.dynamicSmemBytes = attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2);
+        cfg.stream = stream;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        return cudaLaunchKernelEx(&cfg, attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>, *p);
+    }
     attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>
         <<<(unsigned)blocks, ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), stream>>>(*p);
     return cudaGetLastError();
@@ -914,11 +989,40 @@ static cudaError_t attn_occupancy(int *ctas_per_sm) {
                                                          ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2));
 }
 
+// The decode shape (sm_90+ only; the caller checks): allows clusters beyond the portable 8 CTAs,
+// then the largest power of two up to 16 of which one cluster can be resident.
+template <int HD, int DV, int BF, int MT, int WSPLIT>
+static cudaError_t attn_cluster_max(int *ctas) {
+    const void *f = (const void *)attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>;
+    *ctas = 0;
+    cudaError_t err = cudaFuncSetAttribute(f, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != cudaSuccess) return err;
+    for (int n = 16; n >= 2 && *ctas == 0; n /= 2) {
+        cudaLaunchAttribute attr;
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = (unsigned)n;
+        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)n);
+        cfg.blockDim = dim3(ATTN_THREADS);
+        cfg.dynamicSmemBytes = attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2);
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        int clusters = 0;
+        if (cudaOccupancyMaxActiveClusters(&clusters, f, &cfg) != cudaSuccess) {
+            (void)cudaGetLastError(); // this size is refused: try the next
+            continue;
+        }
+        if (clusters > 0) *ctas = n;
+    }
+    return cudaSuccess;
+}
+
 #define ATTN_KERNEL_ENTRY(HD, DV, BF, MT, WSPLIT, NAME)                                                               \
     {                                                                                                                \
         HD, DV, BF == 1, BF == 2, WSPLIT, 0, 0, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), attn_block_m(MT, WSPLIT),                    \
             attn_block_n(HD, MT, WSPLIT), attn_launch<HD, DV, BF, MT, WSPLIT>, attn_prepare<HD, DV, BF, MT, WSPLIT>, \
-            attn_occupancy<HD, DV, BF, MT, WSPLIT>                                                                   \
+            attn_occupancy<HD, DV, BF, MT, WSPLIT>, WSPLIT ? attn_cluster_max<HD, DV, BF, MT, WSPLIT> : NULL         \
     }
 
 // The e4m3 kernels of a (head-dim bucket, dv bucket): many rows and decode.

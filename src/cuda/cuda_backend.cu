@@ -103,6 +103,17 @@ static fa3c_status sm90_from_env(int *on) {
     return FA3C_OK;
 }
 
+// $FA3C_CUDA_CLUSTER: 1 (default) lets the decode shape on compute capability 9.x combine its
+// split slots inside a thread block cluster, 0 keeps the counter-and-global-memory combine (tests
+// force both).
+static fa3c_status cluster_from_env(int *on) {
+    const char *v = getenv("FA3C_CUDA_CLUSTER");
+    if (!v || !*v || strcmp(v, "1") == 0) *on = 1;
+    else if (strcmp(v, "0") == 0) *on = 0;
+    else return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "FA3C_CUDA_CLUSTER: expected 0 or 1, got \"%s\"", v);
+    return FA3C_OK;
+}
+
 // $FA3C_CUDA_CTAS: the persistent wgmma kernel's grid: unset, persistent_ctas' choice; 0, one CTA
 // per work item (no CTA walks two); N, at most N CTAs (tests force many items a CTA with a small N).
 static fa3c_status ctas_from_env(int *ctas) {
@@ -123,6 +134,7 @@ static void state_free(cuda_state *st) {
     for (int i = 0; i < st->n_retired; i++) cudaFree(st->retired[i]);
     free(st->retired);
     free(st->occupancy);
+    free(st->cluster);
     free(st);
 }
 
@@ -137,15 +149,18 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     if (prop.major < 8)
         return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: device %d (%s) has compute capability %d.%d; the cuda "
                          "backend needs 8.0 or newer", (int)opt->device_index, prop.name, prop.major, prop.minor);
-    int split_mode, sm90, ctas;
+    int split_mode, sm90, ctas, cluster;
     FA3C_TRY(split_mode_from_env(&split_mode));
     FA3C_TRY(sm90_from_env(&sm90));
     FA3C_TRY(ctas_from_env(&ctas));
+    FA3C_TRY(cluster_from_env(&cluster));
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     int *occ = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
-    if (!st || !occ) {
+    int *clu = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
+    if (!st || !occ || !clu) {
         free(st);
         free(occ);
+        free(clu);
         return fa3c_fail(FA3C_ERROR_OUT_OF_MEMORY, "cuda: context state: out of memory");
     }
     st->device = opt->device_index;
@@ -154,6 +169,7 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     st->cc_minor = prop.minor;
     st->smem_optin = prop.sharedMemPerBlockOptin;
     st->occupancy = occ;
+    st->cluster = clu;
     st->split_mode = split_mode;
     st->ctas = ctas;
     st->sm90 = sm90 && prop.major == 9;
@@ -175,6 +191,8 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
             if (k->smem > st->smem_optin || (k->sm90 && !st->sm90)) continue;
             cudaError_t err = k->prepare();
             if (err == cudaSuccess) err = k->occupancy(&occ[gi * KERNEL_GROUP_MAX + ki]);
+            if (err == cudaSuccess && k->cluster_max && cluster && prop.major >= 9)
+                err = k->cluster_max(&clu[gi * KERNEL_GROUP_MAX + ki]);
             if (err != cudaSuccess) {
                 state_free(st);
                 return cuda_fail(err, k->name);
@@ -656,6 +674,8 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     const int32_t W = pieces ? pieces_for(cst, p, choice->kernel, kern, num_m) : S;
     const bool exact_dyn = !pieces && S > 1 && p->is_varlen; // per-sequence split counts n_b
     const bool fused = pieces && W > 1 && kern->decode;     // the last CTA of a slot group combines
+    // ... or, one m-block and at most a resident cluster of slots, the cluster combines in shared memory
+    const bool cluster = fused && num_m == 1 && W <= cst->cluster[choice->kernel];
 
     // Workspace: [split counts (b, 16-byte padded)] [partial out] [partial lse].
     size_t off_splits = 0, off_out = 0, off_lse = 0, bytes = 0;
@@ -664,7 +684,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         bytes += ((size_t)p->b * sizeof(int32_t) + 15) / 16 * 16;
     }
     int64_t rows = p->varlen_q ? p->total_q : p->b * p->s_q;
-    if (W > 1 && !user_accum) {
+    if (W > 1 && !user_accum && !cluster) {
         off_out = bytes;
         bytes += (size_t)W * p->h * rows * p->dv * sizeof(float);
         off_lse = bytes;
@@ -673,7 +693,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     char *ws = NULL;
     int32_t *counts = NULL;
     if (bytes) FA3C_TRY(buffer_get(ctx, &cst->ws, bytes, capturing, false, "workspace", (void **)&ws));
-    if (fused)
+    if (fused && !cluster)
         FA3C_TRY(buffer_get(ctx, &cst->counts, (size_t)p->b * grid_heads * num_m * sizeof(int32_t), capturing, true,
                             "split counters", (void **)&counts));
 
@@ -698,7 +718,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
 
     partials pt;
     memset(&pt, 0, sizeof pt);
-    if (W > 1) {
+    if (W > 1 && !cluster) {
         if (user_accum) partials_from_tensors(p, &pt);
         else partials_in_workspace(p, (float *)(ws + off_out), (float *)(ws + off_lse), &pt);
     }
@@ -778,6 +798,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.pieces = pieces;
     ap.splits_dyn = splits;
     ap.counts = counts;
+    ap.cluster = cluster;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
     if (!simple) ap.ctas = persistent_ctas(cst, p, choice->kernel);
     if (simple) FA3C_TRY(run_simple(p, &ap, stream));

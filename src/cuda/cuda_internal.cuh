@@ -35,6 +35,7 @@ typedef struct cuda_state {
     void  **retired;    // blocks replaced while a captured graph may still use them
     int     n_retired, cap_retired;
     int    *occupancy;  // resident CTAs per SM of each attention kernel (by kernel id)
+    int    *cluster;    // largest cluster of each decode kernel (by id; 0: none, or $FA3C_CUDA_CLUSTER=0)
     int     split_mode; // CUDA_SPLIT_* ($FA3C_CUDA_SPLIT at context creation)
     int     sm90;       // the wgmma kernels run here: compute capability 9.x and $FA3C_CUDA_SM90 != 0
     void   *tma_encode; // the driver's cuTensorMapEncodeTiled (sm90 only; NULL: no TMA)
@@ -276,6 +277,47 @@ template <int N> __device__ __forceinline__ void cuda_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// Thread block clusters (sm_90+; the host launches clusters only there, so before sm_90 these
+// compile to nothing). cuda_cluster_sync: every thread of every CTA of the cluster arrives, the
+// CTA's shared-memory writes before it are visible to the others' reads after it.
+__device__ __forceinline__ void cuda_cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ uint32_t cuda_cluster_rank() {
+    uint32_t r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+// The address of this CTA's shared-memory word `p` in CTA `rank` of the cluster, and loads from it.
+__device__ __forceinline__ uint32_t cuda_cluster_addr(const void *p, uint32_t rank) {
+    uint32_t a = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(cuda_smem_addr(p)), "r"(rank));
+#endif
+    return a;
+}
+__device__ __forceinline__ float cuda_cluster_load(uint32_t a) {
+    float v = 0.0f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(a) : "memory");
+#endif
+    return v;
+}
+__device__ __forceinline__ float4 cuda_cluster_load4(uint32_t a) {
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(a)
+                 : "memory");
+#endif
+    return v;
+}
+
 __device__ __forceinline__ void cuda_ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -362,6 +404,8 @@ typedef struct cuda_attn_params {
     int32_t num_splits, split_block_n, pieces;
     const int32_t *splits_dyn;             // (b,) per-sequence split counts, or NULL (all S)
     int32_t *counts;                       // (b, grid_heads, num_m_blocks) arrival counters, or NULL
+    int32_t cluster;                       // decode shape, 1 m-block: the slots combine as one cluster of
+                                           // num_splits CTAs through shared memory instead (counts NULL)
     cuda_meta_check meta;                  // checked when out/lse are written here
     int32_t ctas;                          // the persistent wgmma kernel's grid (0: a CTA per work item)
     const float *q_ds, *k_ds, *v_ds;       // (b, h_k) descales (e4m3 only), NULL: 1
@@ -400,6 +444,9 @@ typedef struct cuda_attn_kernel {
     cudaError_t (*launch)(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream); // tma: sm90 only
     cudaError_t (*prepare)(void); // raises the kernel's dynamic shared memory limit (per device)
     cudaError_t (*occupancy)(int *ctas_per_sm); // after prepare
+    // The decode shape on sm_90+: the largest cluster (16, 8, 4 or 2 CTAs; 0: none) that can be
+    // resident; NULL for the other kernels.
+    cudaError_t (*cluster_max)(int *ctas);
 } cuda_attn_kernel;
 
 #define CUDA_ATTN_KERNELS_PER_BUCKET 4 // {many rows, decode} x {bf16, f16}
