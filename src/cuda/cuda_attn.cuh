@@ -610,13 +610,13 @@ __device__ __forceinline__ void attn_combine_slots(const cuda_attn_params &p, co
     }
 }
 
-// The same combine for a cluster of W = num_splits CTAs, the slots of one (sequence, head) with one
-// m-block (p.cluster, sm_90+): each CTA has left its slot's partial rows in its own shared memory
-// (sPart: 16 x DV, sPl: 16 lse); after a cluster barrier every CTA weighs the W slots of each row
-// (read through distributed shared memory) and combines its share of the columns, the groups of
+// The same combine for a cluster of W = num_splits <= 8 CTAs, the slots of one (sequence, head) with
+// one m-block (p.cluster, sm_90+): each CTA has left its slot's partial rows in its own shared
+// memory (sPart: 16 x DV, sPl: 16 lse); after a cluster barrier every CTA weighs the W slots of each
+// row (read through distributed shared memory) and combines its share of the columns, the groups of
 // 4 columns r, r + W, ... (r its rank). No partials go through global memory, no fence, no
-// counter: at batch 1 that chain was a fifth of a decode call (ncu). A second barrier keeps every
-// CTA's shared memory alive until the others have read it. sW: 16 x W + 16 floats, apart from sPart.
+// counter. A second barrier keeps every CTA's shared memory alive until the others have read it.
+// sW: 16 x W + 16 floats, apart from sPart.
 template <int BF, int DV>
 __device__ __forceinline__ void attn_combine_cluster(const cuda_attn_params &p, const cuda_seqlens &sl, int bi,
                                                      int head, int hk, int g, int rows, bool poison, const float *sPart,
@@ -989,15 +989,14 @@ static cudaError_t attn_occupancy(int *ctas_per_sm) {
                                                          ATTN_THREADS, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2));
 }
 
-// The decode shape (sm_90+ only; the caller checks): allows clusters beyond the portable 8 CTAs,
-// then the largest power of two up to 16 of which one cluster can be resident.
+// The decode shape (sm_90+ only; the caller checks): the largest power of two up to the portable 8
+// CTAs of which one cluster can be resident. (Clusters of 16, non-portable, made batch 1 / 1k
+// slower than the counter combine: 10.8 vs 10.2 us on H100; clusters of 2 gained 1-3% at batch 16.)
 template <int HD, int DV, int BF, int MT, int WSPLIT>
 static cudaError_t attn_cluster_max(int *ctas) {
     const void *f = (const void *)attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>;
     *ctas = 0;
-    cudaError_t err = cudaFuncSetAttribute(f, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (err != cudaSuccess) return err;
-    for (int n = 16; n >= 2 && *ctas == 0; n /= 2) {
+    for (int n = 8; n >= 2 && *ctas == 0; n /= 2) {
         cudaLaunchAttribute attr;
         attr.id = cudaLaunchAttributeClusterDimension;
         attr.val.clusterDim.x = (unsigned)n;

@@ -444,7 +444,7 @@ typedef struct cuda_attn_kernel {
     cudaError_t (*launch)(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream); // tma: sm90 only
     cudaError_t (*prepare)(void); // raises the kernel's dynamic shared memory limit (per device)
     cudaError_t (*occupancy)(int *ctas_per_sm); // after prepare
-    // The decode shape on sm_90+: the largest cluster (16, 8, 4 or 2 CTAs; 0: none) that can be
+    // The decode shape on sm_90+: the largest cluster (8, 4 or 2 CTAs; 0: none) that can be
     // resident; NULL for the other kernels.
     cudaError_t (*cluster_max)(int *ctas);
 } cuda_attn_kernel;
