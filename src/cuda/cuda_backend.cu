@@ -93,24 +93,16 @@ static fa3c_status split_mode_from_env(int *mode) {
     return FA3C_OK;
 }
 
-// $FA3C_CUDA_SM90: 1 (default) lets compute capability 9.x devices run the wgmma kernels, 0 keeps
-// every problem on the mma.sync kernels (tests force both paths).
-static fa3c_status sm90_from_env(int *on) {
-    const char *v = getenv("FA3C_CUDA_SM90");
+// On/off switches that force the other paths (tests run both), default 1:
+//   $FA3C_CUDA_SM90     compute capability 9.x devices run the wgmma kernels; 0 keeps every problem
+//                       on the mma.sync kernels;
+//   $FA3C_CUDA_CLUSTER  the decode shape on 9.x combines its split slots inside a thread block
+//                       cluster; 0 keeps the counter-and-global-memory combine.
+static fa3c_status switch_from_env(const char *name, int *on) {
+    const char *v = getenv(name);
     if (!v || !*v || strcmp(v, "1") == 0) *on = 1;
     else if (strcmp(v, "0") == 0) *on = 0;
-    else return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "FA3C_CUDA_SM90: expected 0 or 1, got \"%s\"", v);
-    return FA3C_OK;
-}
-
-// $FA3C_CUDA_CLUSTER: 1 (default) lets the decode shape on compute capability 9.x combine its
-// split slots inside a thread block cluster, 0 keeps the counter-and-global-memory combine (tests
-// force both).
-static fa3c_status cluster_from_env(int *on) {
-    const char *v = getenv("FA3C_CUDA_CLUSTER");
-    if (!v || !*v || strcmp(v, "1") == 0) *on = 1;
-    else if (strcmp(v, "0") == 0) *on = 0;
-    else return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "FA3C_CUDA_CLUSTER: expected 0 or 1, got \"%s\"", v);
+    else return fa3c_fail(FA3C_ERROR_INVALID_ARGUMENT, "%s: expected 0 or 1, got \"%s\"", name, v);
     return FA3C_OK;
 }
 
@@ -151,9 +143,9 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
                          "backend needs 8.0 or newer", (int)opt->device_index, prop.name, prop.major, prop.minor);
     int split_mode, sm90, ctas, cluster;
     FA3C_TRY(split_mode_from_env(&split_mode));
-    FA3C_TRY(sm90_from_env(&sm90));
+    FA3C_TRY(switch_from_env("FA3C_CUDA_SM90", &sm90));
     FA3C_TRY(ctas_from_env(&ctas));
-    FA3C_TRY(cluster_from_env(&cluster));
+    FA3C_TRY(switch_from_env("FA3C_CUDA_CLUSTER", &cluster));
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     int *occ = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
     int *clu = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
