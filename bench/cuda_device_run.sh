@@ -3,8 +3,9 @@
 #   test      tests/test_cuda (GPU cases, CUDA-graph decode; again with FA3C_CUDA_SPLIT=exact, with
 #             FA3C_CUDA_SM90=0: the mma.sync kernels only, with FA3C_CUDA_TMA=0: the wgmma
 #             kernel gathering every tile with cp.async, with FA3C_CUDA_CTAS=3: the persistent
-#             wgmma kernel's CTAs walking many work items each, and with FA3C_CUDA_CLUSTER=0: the
-#             decode combine through global memory; $TEST_ENVS replaces that list)
+#             wgmma kernel's CTAs walking many work items each, with FA3C_CUDA_CLUSTER=0: the
+#             decode combine through global memory, and with FA3C_CUDA_WIDE=0: unmasked problems
+#             on the 128 / 64-key wgmma tiles; $TEST_ENVS replaces that list)
 #             and tests/test_combine
 #   sweep     the quick forward sweep (FA3C_SWEEP=quick tests/test_fwd_sweep) on cuda, with and
 #             without the wgmma kernels (the CPU backends run it in CI)
@@ -70,7 +71,7 @@ if [[ $steps == *,test,* ]]; then
     timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" > "$OUT/test_cuda.log" 2>&1 || rc=1
     grep -E "FAIL|graph|test_cuda:" "$OUT/test_cuda.log" | tail -40
     stamp "test_cuda done"
-    for env in ${TEST_ENVS:-FA3C_CUDA_SPLIT=exact FA3C_CUDA_SM90=0 FA3C_CUDA_TMA=0 FA3C_CUDA_CTAS=3 FA3C_CUDA_CLUSTER=0}; do
+    for env in ${TEST_ENVS:-FA3C_CUDA_SPLIT=exact FA3C_CUDA_SM90=0 FA3C_CUDA_TMA=0 FA3C_CUDA_CTAS=3 FA3C_CUDA_CLUSTER=0 FA3C_CUDA_WIDE=0}; do
         echo "=== $env" >> "$OUT/test_cuda.log"
         env $env timeout ${T_TEST:-200} "./$BUILD/tests/test_cuda" >> "$OUT/test_cuda.log" 2>&1 || rc=1
         sed -n "/=== $env/,\$p" "$OUT/test_cuda.log" | grep -E "FAIL|test_cuda:" | tail -20

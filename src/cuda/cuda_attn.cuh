@@ -1019,7 +1019,7 @@ static cudaError_t attn_cluster_max(int *ctas) {
 
 #define ATTN_KERNEL_ENTRY(HD, DV, BF, MT, WSPLIT, NAME)                                                               \
     {                                                                                                                \
-        HD, DV, BF == 1, BF == 2, WSPLIT, 0, 0, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), attn_block_m(MT, WSPLIT),                    \
+        HD, DV, BF == 1, BF == 2, WSPLIT, 0, 0, 0, NAME, attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2), attn_block_m(MT, WSPLIT),                    \
             attn_block_n(HD, MT, WSPLIT), attn_launch<HD, DV, BF, MT, WSPLIT>, attn_prepare<HD, DV, BF, MT, WSPLIT>, \
             attn_occupancy<HD, DV, BF, MT, WSPLIT>, WSPLIT ? attn_cluster_max<HD, DV, BF, MT, WSPLIT> : NULL         \
     }

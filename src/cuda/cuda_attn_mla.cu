@@ -103,10 +103,10 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     if (tid < 128) { // ---------------------------------------------------------------- producer
         sm90_regs_dec<MLA_PRODUCER_REGS>();
         if (n_tiles == 0) return;
-        sm90_load_q<MLA_D, BM>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows,
+        sm90_load_q<MLA_D, BM, sm90_gather_unroll(MLA_D, MLA_BN)>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows,
                                sQ, tid);
         sm90_mbar_arrive_cp_async(full_q);
-        sm90_load_q<DV, BM>(p, sl, (const uint16_t *)p.qv, p.qv_sb, p.qv_sr, p.qv_sh, p.dv, bi, head, hk, g, row0,
+        sm90_load_q<DV, BM, sm90_gather_unroll(DV, MLA_BN)>(p, sl, (const uint16_t *)p.qv, p.qv_sb, p.qv_sr, p.qv_sh, p.dv, bi, head, hk, g, row0,
                             rows, sQ + BM * 128, tid);
         sm90_mbar_arrive_cp_async(full_q);
         const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
@@ -236,7 +236,7 @@ template <int DV, int BF> static cudaError_t mla_occupancy(int *ctas_per_sm) {
 }
 
 #define MLA_KERNEL(DV, BF, NAME)                                                                                      \
-    {MLA_D, DV, BF, 0, 0, 1, 1, NAME, mla_smem_bytes(DV), MLA_BM, MLA_BN, mla_launch<DV, BF>, mla_prepare<DV, BF>,  \
+    {MLA_D, DV, BF, 0, 0, 1, 1, 0, NAME, mla_smem_bytes(DV), MLA_BM, MLA_BN, mla_launch<DV, BF>, mla_prepare<DV, BF>,  \
      mla_occupancy<DV, BF>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_mla[CUDA_ATTN_MLA_KERNELS] = {

@@ -36,7 +36,13 @@
 #define SM90_THREADS 384
 #define SM90_BM 128
 
-// Keys per tile: 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
+// Keys per tile (BN): 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
+// Problems without a mask or paging also have 16-bit kernels with wider tiles, FA3's (H100
+// tile_size_fwd_sm90): 176 for d = 128, 80 for d = 256. A wider tile spreads each tile's fixed
+// costs -- the row max and sum shuffles, O's rescale, the barrier hand-overs -- over more keys; a
+// masked problem would compute more masked scores on its diagonal tiles, and page sizes (powers of
+// two) would not divide it into whole bulk copies.
+// (sm90_block_n_wide: cuda_sm90_tile.cuh)
 __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 : 64; }
 // e4m3 with d = 128 or 256 stays e4m3 in the ring (FP8 "native": wgmma's 8-bit k32 form, V
 // transposed by the producer); d = 64 is converted to fp16 tiles. Bytes of a ring element:
@@ -52,7 +58,9 @@ __host__ __device__ constexpr bool sm90_pingpong(int hd, int fp8) { return fp8 ?
 __host__ __device__ constexpr int sm90_stages(int hd, int fp8) { return hd <= 64 || sm90_native(hd, fp8) ? 4 : 2; }
 
 // Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0).
-__host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8) { return hd <= 128 && !fp8 ? 88 : 72; }
+__host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8, int bn) {
+    return bn == sm90_block_n_wide(hd) ? (hd <= 128 ? 40 : 56) : hd <= 128 && !fp8 ? 88 : 72;
+}
 
 // e4m3 staging buffers (a K and a V tile of rows as in memory): two, so that the gathers of tile
 // t + 1 fly while tile t is converted.
@@ -62,22 +70,20 @@ __host__ __device__ constexpr int sm90_staging(int hd, int fp8) { return fp8 ? 2
 // of page ids, then the mbarriers (sm90_ring).
 __host__ __device__ constexpr int sm90_tile_bytes(int rows, int hd, int es) { return rows * hd * es; }
 __host__ __device__ constexpr int sm90_off_k(int hd, int fp8) { return sm90_tile_bytes(SM90_BM, hd, sm90_es(hd, fp8)); }
-__host__ __device__ constexpr int sm90_off_v(int hd, int fp8) {
-    return sm90_off_k(hd, fp8) + sm90_stages(hd, fp8) * sm90_tile_bytes(sm90_block_n(hd), hd, sm90_es(hd, fp8));
+__host__ __device__ constexpr int sm90_off_v(int hd, int fp8, int bn) {
+    return sm90_off_k(hd, fp8) + sm90_stages(hd, fp8) * sm90_tile_bytes(bn, hd, sm90_es(hd, fp8));
 }
-__host__ __device__ constexpr int sm90_off_staging(int hd, int fp8) {
-    return sm90_off_v(hd, fp8) + sm90_stages(hd, fp8) * sm90_tile_bytes(sm90_block_n(hd), hd, sm90_es(hd, fp8));
+__host__ __device__ constexpr int sm90_off_staging(int hd, int fp8, int bn) {
+    return sm90_off_v(hd, fp8, bn) + sm90_stages(hd, fp8) * sm90_tile_bytes(bn, hd, sm90_es(hd, fp8));
 }
-__host__ __device__ constexpr int sm90_off_pages(int hd, int fp8) {
-    return sm90_off_staging(hd, fp8) + sm90_staging(hd, fp8) * 2 * sm90_block_n(hd) * hd;
+__host__ __device__ constexpr int sm90_off_pages(int hd, int fp8, int bn) {
+    return sm90_off_staging(hd, fp8, bn) + sm90_staging(hd, fp8) * 2 * bn * hd;
 }
-__host__ __device__ constexpr int sm90_off_bars(int hd, int fp8) {
-    return sm90_off_pages(hd, fp8) + 2 * sm90_block_n(hd) * 4;
-}
+__host__ __device__ constexpr int sm90_off_bars(int hd, int fp8, int bn) { return sm90_off_pages(hd, fp8, bn) + 2 * bn * 4; }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
-// d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have.
-__host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8) {
-    return (size_t)sm90_off_bars(hd, fp8) + (2 + 4 * sm90_stages(hd, fp8) + sm90_staging(hd, fp8)) * 8 + 1024;
+// d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have; d 256 with 80-key tiles 231,120.
+__host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8, int bn) {
+    return (size_t)sm90_off_bars(hd, fp8, bn) + (2 + 4 * sm90_stages(hd, fp8) + sm90_staging(hd, fp8)) * 8 + 1024;
 }
 
 // 16 e4m3 values (chunk c of an e4m3 row) -> fp16 chunks 2c and 2c + 1 of row r of a swizzled
@@ -220,7 +226,7 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
                                              const sm90_ring &r, int it, int ptid) {
     constexpr int BM = SM90_BM;
     if (!tma.q_on) {
-        sm90_load_q<HD, BM>(p, w.sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, w.bi, w.head, w.hk, w.g,
+        sm90_load_q<HD, BM, sm90_gather_unroll(HD, BN)>(p, w.sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, w.bi, w.head, w.hk, w.g,
                             w.row0, w.rows, r.q, ptid);
         sm90_mbar_arrive_cp_async(r.full_q);
     } else if (ptid == 0) { // rows of one head: the tile is a box (past the tensor's end: zeros)
@@ -268,7 +274,7 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
     sm90_load_q_e4m3<HD, SM90_BM, KEEP>(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, r.gen, ptid);
     sm90_fence_async_smem();
     sm90_mbar_arrive(r.full_q);
-    uint8_t *stg = r.gen + sm90_off_staging(HD, 1);
+    uint8_t *stg = r.gen + sm90_off_staging(HD, 1, BN);
     constexpr int SB = 2 * BN * HD; // bytes of one staging buffer (K then V)
     sm90_stage_e4m3<HD, BN>(p, tma, w, 0, r.pages + (it & 1) * BN, stg + (it % STG) * SB, r.full_stg + 8 * (it % STG),
                             ptid);
@@ -283,7 +289,7 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
         sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
         sm90_convert_e4m3<HD, BN, KEEP>(src, r.gen + sm90_off_k(HD, 1) + st * TB, ptid);
         sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
-        uint8_t *vt = r.gen + sm90_off_v(HD, 1) + st * TB;
+        uint8_t *vt = r.gen + sm90_off_v(HD, 1, BN) + st * TB;
         if constexpr (KEEP) sm90_transpose_v_e4m3<HD, BN>(src + BN * HD, vt, ptid);
         else sm90_convert_e4m3<HD, BN, false>(src + BN * HD, vt, ptid);
         sm90_fence_async_smem();
@@ -296,23 +302,23 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
 // BF: 1 bf16, 0 fp16, 2 e4m3 (bf16 out). Persistent: CTA c runs work items c, c + gridDim.x, ...
 // (attn_cta_coords); the producer loads the next item's Q and first K/V tiles while the consumers
 // finish and store the current one.
-template <int HD, int BF>
+template <int HD, int BF, int BN>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
 #if FA3C_SM90A
-    constexpr int FP8 = BF == 2, NST = sm90_stages(HD, FP8), DV = HD, BM = SM90_BM, BN = sm90_block_n(HD);
+    constexpr int FP8 = BF == 2, NST = sm90_stages(HD, FP8), DV = HD, BM = SM90_BM;
     // The GEMMs' operand type (2 e4m3, 1 bf16, 0 fp16), the output's, the ring's element bytes.
     constexpr int CBF = FP8 ? (sm90_native(HD, FP8) ? 2 : 0) : BF, OBF = FP8 ? 1 : BF, ES = sm90_es(HD, FP8);
     constexpr int STG = sm90_staging(HD, FP8), TB = sm90_tile_bytes(BN, HD, ES);
-    constexpr int PREGS = sm90_producer_regs(HD, FP8);
+    constexpr int PREGS = sm90_producer_regs(HD, FP8, BN);
     extern __shared__ uint8_t sm90_smem_raw[];
     sm90_ring r;
     r.q = (cuda_smem_addr(sm90_smem_raw) + 1023) & ~1023u;
     r.gen = sm90_smem_raw + (r.q - cuda_smem_addr(sm90_smem_raw));
     r.k = r.q + sm90_off_k(HD, FP8);
-    r.v = r.q + sm90_off_v(HD, FP8);
-    r.pages = (int32_t *)(r.gen + sm90_off_pages(HD, FP8));
-    r.full_q = r.q + sm90_off_bars(HD, FP8);
+    r.v = r.q + sm90_off_v(HD, FP8, BN);
+    r.pages = (int32_t *)(r.gen + sm90_off_pages(HD, FP8, BN));
+    r.full_q = r.q + sm90_off_bars(HD, FP8, BN);
     r.empty_q = r.full_q + 8;
     r.full_k = r.empty_q + 8;
     r.full_v = r.full_k + 8 * NST;
@@ -464,37 +470,42 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
 #endif
 }
 
-template <int HD, int BF>
+template <int HD, int BF, int BN>
 static cudaError_t sm90_launch(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream) {
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
     if (p->ctas > 0 && p->ctas < blocks) blocks = p->ctas;
-    attn_sm90_kernel<HD, BF><<<(unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD, BF == 2), stream>>>(*p, *tma);
+    attn_sm90_kernel<HD, BF, BN>
+        <<<(unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD, BF == 2, BN), stream>>>(*p, *tma);
     return cudaGetLastError();
 }
 
-template <int HD, int BF> static cudaError_t sm90_prepare(void) {
-    return cudaFuncSetAttribute((const void *)attn_sm90_kernel<HD, BF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)sm90_smem_bytes(HD, BF == 2));
+template <int HD, int BF, int BN> static cudaError_t sm90_prepare(void) {
+    return cudaFuncSetAttribute((const void *)attn_sm90_kernel<HD, BF, BN>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm90_smem_bytes(HD, BF == 2, BN));
 }
 
-template <int HD, int BF> static cudaError_t sm90_occupancy(int *ctas_per_sm) {
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, attn_sm90_kernel<HD, BF>, SM90_THREADS,
-                                                         sm90_smem_bytes(HD, BF == 2));
+template <int HD, int BF, int BN> static cudaError_t sm90_occupancy(int *ctas_per_sm) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, attn_sm90_kernel<HD, BF, BN>, SM90_THREADS,
+                                                         sm90_smem_bytes(HD, BF == 2, BN));
 }
 
-#define SM90_KERNEL(HD, BF, NAME)                                                                                     \
-    {HD, HD, BF == 1, BF == 2, 0, 1, 0, NAME, sm90_smem_bytes(HD, BF == 2), SM90_BM, sm90_block_n(HD),                \
-     sm90_launch<HD, BF>, sm90_prepare<HD, BF>, sm90_occupancy<HD, BF>}
+#define SM90_KERNEL(HD, BF, BN, NAME)                                                                                 \
+    {HD, HD, BF == 1, BF == 2, 0, 1, 0, BN == sm90_block_n_wide(HD), NAME, sm90_smem_bytes(HD, BF == 2, BN),         \
+     SM90_BM, BN, sm90_launch<HD, BF, BN>, sm90_prepare<HD, BF, BN>, sm90_occupancy<HD, BF, BN>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
-    SM90_KERNEL(64, 1, "wgmma_sm90_d64_bf16"),
-    SM90_KERNEL(64, 0, "wgmma_sm90_d64_f16"),
-    SM90_KERNEL(128, 1, "wgmma_sm90_d128_bf16"),
-    SM90_KERNEL(128, 0, "wgmma_sm90_d128_f16"),
-    SM90_KERNEL(256, 1, "wgmma_sm90_d256_bf16"),
-    SM90_KERNEL(256, 0, "wgmma_sm90_d256_f16"),
-    SM90_KERNEL(64, 2, "wgmma_sm90_d64_e4m3"),
-    SM90_KERNEL(128, 2, "wgmma_sm90_d128_e4m3"),
-    SM90_KERNEL(256, 2, "wgmma_sm90_d256_e4m3"),
+    SM90_KERNEL(64, 1, 128, "wgmma_sm90_d64_bf16"),
+    SM90_KERNEL(64, 0, 128, "wgmma_sm90_d64_f16"),
+    SM90_KERNEL(128, 1, 128, "wgmma_sm90_d128_bf16"),
+    SM90_KERNEL(128, 0, 128, "wgmma_sm90_d128_f16"),
+    SM90_KERNEL(256, 1, 64, "wgmma_sm90_d256_bf16"),
+    SM90_KERNEL(256, 0, 64, "wgmma_sm90_d256_f16"),
+    SM90_KERNEL(64, 2, 128, "wgmma_sm90_d64_e4m3"),
+    SM90_KERNEL(128, 2, 128, "wgmma_sm90_d128_e4m3"),
+    SM90_KERNEL(256, 2, 64, "wgmma_sm90_d256_e4m3"),
+    SM90_KERNEL(128, 1, 176, "wgmma_sm90_d128_bf16_n176"),
+    SM90_KERNEL(128, 0, 176, "wgmma_sm90_d128_f16_n176"),
+    SM90_KERNEL(256, 1, 80, "wgmma_sm90_d256_bf16_n80"),
+    SM90_KERNEL(256, 0, 80, "wgmma_sm90_d256_f16_n80"),
 };

@@ -67,12 +67,12 @@ static const cuda_attn_kernel *kernel_by_id(int32_t id) {
     return &kernel_groups[gi][ki];
 }
 
-static int32_t kernel_find(int hd, int dv, int bf16, int e4m3, int decode, int sm90, int qv) {
+static int32_t kernel_find(int hd, int dv, int bf16, int e4m3, int decode, int sm90, int qv, int wide) {
     for (int gi = 0; gi < KERNEL_GROUPS; gi++)
         for (int ki = 0; ki < kernel_group_size[gi]; ki++) {
             const cuda_attn_kernel *k = &kernel_groups[gi][ki];
             if (k->hd == hd && k->dv == dv && k->bf16 == bf16 && k->e4m3 == e4m3 && k->decode == decode &&
-                k->sm90 == sm90 && k->qv == qv)
+                k->sm90 == sm90 && k->qv == qv && k->wide == wide)
                 return gi * KERNEL_GROUP_MAX + ki;
         }
     return -1;
@@ -97,7 +97,9 @@ static fa3c_status split_mode_from_env(int *mode) {
 //   $FA3C_CUDA_SM90     compute capability 9.x devices run the wgmma kernels; 0 keeps every problem
 //                       on the mma.sync kernels;
 //   $FA3C_CUDA_CLUSTER  the decode shape on 9.x combines its split slots inside a thread block
-//                       cluster; 0 keeps the counter-and-global-memory combine.
+//                       cluster; 0 keeps the counter-and-global-memory combine;
+//   $FA3C_CUDA_WIDE     unmasked unpaged 16-bit problems run the wgmma kernels' wide key tiles
+//                       (d 128: 176 keys, d 256: 80); 0 keeps them on the 128 / 64-key tiles.
 static fa3c_status switch_from_env(const char *name, int *on) {
     const char *v = getenv(name);
     if (!v || !*v || strcmp(v, "1") == 0) *on = 1;
@@ -141,11 +143,12 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     if (prop.major < 8)
         return fa3c_fail(FA3C_ERROR_UNSUPPORTED, "cuda: device %d (%s) has compute capability %d.%d; the cuda "
                          "backend needs 8.0 or newer", (int)opt->device_index, prop.name, prop.major, prop.minor);
-    int split_mode, sm90, ctas, cluster;
+    int split_mode, sm90, ctas, cluster, wide;
     FA3C_TRY(split_mode_from_env(&split_mode));
     FA3C_TRY(switch_from_env("FA3C_CUDA_SM90", &sm90));
     FA3C_TRY(ctas_from_env(&ctas));
     FA3C_TRY(switch_from_env("FA3C_CUDA_CLUSTER", &cluster));
+    FA3C_TRY(switch_from_env("FA3C_CUDA_WIDE", &wide));
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     int *occ = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
     int *clu = (int *)calloc((size_t)KERNEL_GROUPS * KERNEL_GROUP_MAX, sizeof(int));
@@ -165,6 +168,7 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
     st->split_mode = split_mode;
     st->ctas = ctas;
     st->sm90 = sm90 && prop.major == 9;
+    st->wide = wide;
     // The bulk-copy tensor-map encoder (driver API, fetched through the runtime); $FA3C_CUDA_TMA=0
     // leaves it out, so the wgmma kernel gathers every tile with cp.async (tests force both paths).
     const char *tma_env = getenv("FA3C_CUDA_TMA");
@@ -301,7 +305,7 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
     int32_t id = -1;
     if (p->has_qv) { // MLA (d <= 64, dv 256 or 512): the Hopper kernel for any row count, else SIMT
         if (st->sm90 && !p->has_rotary && p->d <= 64 && p->dv <= 512)
-            id = kernel_find(64, p->dv <= 256 ? 256 : 512, bf16, 0, 0, 1, 1);
+            id = kernel_find(64, p->dv <= 256 ? 256 : 512, bf16, 0, 0, 1, 1, 0);
     } else {
         int64_t hd = headdim_bucket(p->d), dvb;
         if (p->dv == p->d) dvb = hd;
@@ -318,9 +322,13 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
         const int decode = rows_per_seq <= 16;
         const bool bulk_pages =
             !p->paged || !st->tma_encode || (p->page_size >= 16 && !(p->page_size & (p->page_size - 1)));
-        if (st->sm90 && !decode && !p->has_rotary && dvb == hd && (bulk_pages || e4m3))
-            id = kernel_find((int)hd, (int)dvb, bf16, e4m3, 0, 1, 0);
-        if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, decode, 0, 0);
+        // Without a mask or paging, the wide-tile twin where one exists (d 128, 256; 16-bit).
+        const int wide = st->wide && !p->paged && !p->is_causal && !p->is_local && !p->chunk;
+        if (st->sm90 && !decode && !p->has_rotary && dvb == hd && (bulk_pages || e4m3)) {
+            if (wide) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, 0, 1, 0, 1);
+            if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, 0, 1, 0, 0);
+        }
+        if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, decode, 0, 0, 0);
     }
     const cuda_attn_kernel *k = kernel_by_id(id);
     if (!k) return NULL;

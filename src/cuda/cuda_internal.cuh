@@ -40,6 +40,7 @@ typedef struct cuda_state {
     int     sm90;       // the wgmma kernels run here: compute capability 9.x and $FA3C_CUDA_SM90 != 0
     void   *tma_encode; // the driver's cuTensorMapEncodeTiled (sm90 only; NULL: no TMA)
     int     ctas;       // $FA3C_CUDA_CTAS: the persistent kernel's grid (-1: unset; 0: a CTA per item)
+    int     wide;       // $FA3C_CUDA_WIDE != 0: unmasked unpaged problems may run wide-tile kernels
 } cuda_state;
 
 // How a forward with S > 1 and no out_accum spreads the keys over CTAs ($FA3C_CUDA_SPLIT):
@@ -438,6 +439,7 @@ typedef struct cuda_attn_kernel {
     int         decode;     // 1: the few-rows variant (16 rows, the 4 warps split each key tile)
     int         sm90;       // 1: a wgmma kernel (compute capability 9.x only)
     int         qv;         // 1: the MLA kernel, scores q.k + qv.v (cuda_attn_mla.cu)
+    int         wide;       // 1: a wgmma kernel's wider-key-tile twin, for unmasked unpaged problems
     const char *name;
     size_t      smem;       // dynamic shared memory per block
     int         block_m, block_n;
@@ -457,7 +459,7 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCK
 extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
 #define CUDA_ATTN_E4M3_KERNELS 12 // {d 64, 96, 128, 192, 256, 192/dv 128} x {many rows, decode} (cuda_attn_e4m3.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_e4m3[CUDA_ATTN_E4M3_KERNELS];
-#define CUDA_ATTN_SM90_KERNELS 9 // {d 64, 128, 256} x {bf16, f16, e4m3}, many rows (cuda_attn_sm90.cu)
+#define CUDA_ATTN_SM90_KERNELS 13 // {d 64, 128, 256} x {bf16, f16, e4m3}, + d 128, 256 x {bf16, f16} wide
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
 #define CUDA_ATTN_MLA_KERNELS 4 // d 64 with qv, {dv 256, 512} x {bf16, f16} (cuda_attn_mla.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_mla[CUDA_ATTN_MLA_KERNELS];

@@ -132,26 +132,43 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
 }
 
 // Accumulator register lists: SM90_R<n> is the operand string "{%0, ..., %<n-1>}" and SM90_D<n>
-// the matching "+f" operands d[0 .. n-1].
-#define SM90_R32 "{" SM90_R32_BODY "}"
-#define SM90_R64 "{" SM90_R32_BODY ", " SM90_R64_TAIL "}"
-#define SM90_R128 "{" SM90_R32_BODY ", " SM90_R64_TAIL ", " SM90_R128_TAIL "}"
-#define SM90_R32_BODY                                                                                                 \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "  \
-    "%24, %25, %26, %27, %28, %29, %30, %31"
-#define SM90_R64_TAIL                                                                                                 \
-    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, "   \
-    "%54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-#define SM90_R128_TAIL                                                                                                \
-    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, "   \
-    "%86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, " \
-    "%107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, "     \
-    "%125, %126, %127"
+// the matching "+f" operands d[0 .. n-1], built from runs of 8 (SM90_C<i>: %8i .. %8i+7).
+#define SM90_C0 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define SM90_C1 "%8, %9, %10, %11, %12, %13, %14, %15"
+#define SM90_C2 "%16, %17, %18, %19, %20, %21, %22, %23"
+#define SM90_C3 "%24, %25, %26, %27, %28, %29, %30, %31"
+#define SM90_C4 "%32, %33, %34, %35, %36, %37, %38, %39"
+#define SM90_C5 "%40, %41, %42, %43, %44, %45, %46, %47"
+#define SM90_C6 "%48, %49, %50, %51, %52, %53, %54, %55"
+#define SM90_C7 "%56, %57, %58, %59, %60, %61, %62, %63"
+#define SM90_C8 "%64, %65, %66, %67, %68, %69, %70, %71"
+#define SM90_C9 "%72, %73, %74, %75, %76, %77, %78, %79"
+#define SM90_C10 "%80, %81, %82, %83, %84, %85, %86, %87"
+#define SM90_C11 "%88, %89, %90, %91, %92, %93, %94, %95"
+#define SM90_C12 "%96, %97, %98, %99, %100, %101, %102, %103"
+#define SM90_C13 "%104, %105, %106, %107, %108, %109, %110, %111"
+#define SM90_C14 "%112, %113, %114, %115, %116, %117, %118, %119"
+#define SM90_C15 "%120, %121, %122, %123, %124, %125, %126, %127"
+#define SM90_C0_3 SM90_C0 ", " SM90_C1 ", " SM90_C2 ", " SM90_C3
+#define SM90_C4_7 SM90_C4 ", " SM90_C5 ", " SM90_C6 ", " SM90_C7
+#define SM90_C8_11 SM90_C8 ", " SM90_C9 ", " SM90_C10 ", " SM90_C11
+#define SM90_C12_15 SM90_C12 ", " SM90_C13 ", " SM90_C14 ", " SM90_C15
+#define SM90_R32 "{" SM90_C0_3 "}"
+#define SM90_R40 "{" SM90_C0_3 ", " SM90_C4 "}"
+#define SM90_R64 "{" SM90_C0_3 ", " SM90_C4_7 "}"
+#define SM90_R72 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8 "}"
+#define SM90_R80 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8 ", " SM90_C9 "}"
+#define SM90_R88 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8 ", " SM90_C9 ", " SM90_C10 "}"
+#define SM90_R128 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8_11 ", " SM90_C12_15 "}"
 #define SM90_D8(i)                                                                                                    \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]),       \
         "+f"(d[i + 7])
 #define SM90_D32 SM90_D8(0), SM90_D8(8), SM90_D8(16), SM90_D8(24)
+#define SM90_D40 SM90_D32, SM90_D8(32)
 #define SM90_D64 SM90_D32, SM90_D8(32), SM90_D8(40), SM90_D8(48), SM90_D8(56)
+#define SM90_D72 SM90_D64, SM90_D8(64)
+#define SM90_D80 SM90_D64, SM90_D8(64), SM90_D8(72)
+#define SM90_D88 SM90_D64, SM90_D8(64), SM90_D8(72), SM90_D8(80)
 #define SM90_D128                                                                                                     \
     SM90_D64, SM90_D8(64), SM90_D8(72), SM90_D8(80), SM90_D8(88), SM90_D8(96), SM90_D8(104), SM90_D8(112),            \
         SM90_D8(120)
@@ -176,12 +193,20 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
     else SM90_SS(N, "f16", "0", SM90_R##K, SM90_D##K, A0, A1, A2);
 template <int BF, int N, int TB = 0>
 __device__ __forceinline__ void sm90_wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
-    static_assert(N == 64 || N == 128 || N == 256, "widths of the kernels' GEMMs");
+    static_assert(N == 64 || N == 80 || N == 128 || N == 144 || N == 160 || N == 176 || N == 256, "widths of the kernels' GEMMs");
 #if FA3C_SM90A
     if constexpr (N == 256) {
         SM90_SS_TYPES(256, 128, "128", "129", "130")
+    } else if constexpr (N == 176) {
+        SM90_SS_TYPES(176, 88, "88", "89", "90")
+    } else if constexpr (N == 160) {
+        SM90_SS_TYPES(160, 80, "80", "81", "82")
+    } else if constexpr (N == 144) {
+        SM90_SS_TYPES(144, 72, "72", "73", "74")
     } else if constexpr (N == 128) {
         SM90_SS_TYPES(128, 64, "64", "65", "66")
+    } else if constexpr (N == 80) {
+        SM90_SS_TYPES(80, 40, "40", "41", "42")
     } else {
         SM90_SS_TYPES(64, 32, "32", "33", "34")
     }

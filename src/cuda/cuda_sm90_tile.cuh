@@ -51,14 +51,24 @@ __device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cu
     return SM90_ITEM_RUN;
 }
 
+// Keys per tile of the 16-bit wgmma kernels' wide-tile twins (cuda_attn_sm90.cu): FA3's 176 for
+// d = 128, 80 for d = 256.
+__host__ __device__ constexpr int sm90_block_n_wide(int hd) { return hd <= 128 ? 176 : 80; }
+
+// Unrolling of the producer's cp.async gathers of rows of hd elements in a kernel of bn-key tiles:
+// as far as its registers allow (wide rows and the wide-tile kernels' 40 or 56 take less).
+__host__ __device__ constexpr int sm90_gather_unroll(int hd, int bn) {
+    return bn == sm90_block_n_wide(hd) ? 1 : hd >= 256 ? 2 : 4;
+}
+
 // Producer: the BM query-side rows row0 .. of a tile from `base` (q, or qv: (b, s_q, h, x) with
 // strides sb, sr, sh; packed rows R map to (token, head) as attn_row does); rows >= rows and
-// columns >= width zero-filled. HD: the tile's width (a multiple of 64).
-template <int HD, int BM>
+// columns >= width zero-filled. HD: the tile's width (a multiple of 64); UNROLL: sm90_gather_unroll.
+template <int HD, int BM, int UNROLL>
 __device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
                                             int64_t sb, int64_t sr, int64_t sh, int width, int bi, int head, int hk,
                                             int g, int row0, int rows, uint32_t dst, int ptid) {
-    constexpr int CPR = HD / 8, UNROLL = HD >= 256 ? 2 : 4; // as in sm90_load_kv
+    constexpr int CPR = HD / 8;
 #pragma unroll UNROLL
     for (int idx = ptid; idx < BM * CPR; idx += 128) {
         int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
@@ -78,7 +88,7 @@ template <int HD, int BN>
 __device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
                                              int64_t sb, int64_t sr, int width, int k0, int kmax,
                                              const int32_t *pages, uint32_t dst, int ptid) {
-    constexpr int CPR = HD / 8, UNROLL = HD >= 256 ? 2 : 4; // (wide rows: the producer has 56 registers)
+    constexpr int CPR = HD / 8, UNROLL = sm90_gather_unroll(HD, BN);
 #pragma unroll UNROLL
     for (int idx = ptid; idx < BN * CPR; idx += 128) {
         int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
@@ -95,11 +105,12 @@ __device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cu
 template <int BN>
 __device__ __forceinline__ void sm90_stage_pages(const cuda_attn_params &p, const cuda_seqlens &sl, int k0, int kmax,
                                                  int32_t *pages, int ptid) {
-    int j = k0 + ptid, r = sl.k_offset + j;
-    if (ptid < BN)
-        pages[ptid] = j < kmax ? p.page_table[(int64_t)sl.k_batch * p.pt_sb +
-                                              (p.page_shift >= 0 ? r >> p.page_shift : r / p.page_size)]
-                               : 0;
+    for (int rr = ptid; rr < BN; rr += 128) {
+        const int j = k0 + rr, r = sl.k_offset + j;
+        pages[rr] = j < kmax ? p.page_table[(int64_t)sl.k_batch * p.pt_sb +
+                                            (p.page_shift >= 0 ? r >> p.page_shift : r / p.page_size)]
+                             : 0;
+    }
     sm90_named_sync(1, 128);
 }
 
