@@ -11,7 +11,8 @@
 // columns:
 //   producer  (warpgroup 0) gathers Q and qv once (cp.async; packed rows are not a box) and
 //             streams NST stages of K and V rows (BN = 64 keys) with bulk tensor copies, or
-//             cp.async gathers for pages the copy engine cannot take and the tail tile;
+//             cp.async gathers for pages the copy engine cannot take and tail tiles with
+//             rows of the tensor past their keys;
 //   softmax   (warpgroup 1) S = [q | qv] [K | V]^T (wgmma from shared memory), the online
 //             softmax in registers; P (rounded to the input dtype) and the rows' rescale factors go
 //             to shared memory;
@@ -103,10 +104,10 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     if (tid < 128) { // ---------------------------------------------------------------- producer
         sm90_regs_dec<MLA_PRODUCER_REGS>();
         if (n_tiles == 0) return;
-        sm90_load_q<MLA_D, BM, sm90_gather_unroll(MLA_D, MLA_BN)>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows,
+        sm90_load_q<MLA_D, BM, sm90_gather_unroll(MLA_PRODUCER_REGS, MLA_D)>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows,
                                sQ, tid);
         sm90_mbar_arrive_cp_async(full_q);
-        sm90_load_q<DV, BM, sm90_gather_unroll(DV, MLA_BN)>(p, sl, (const uint16_t *)p.qv, p.qv_sb, p.qv_sr, p.qv_sh, p.dv, bi, head, hk, g, row0,
+        sm90_load_q<DV, BM, sm90_gather_unroll(MLA_PRODUCER_REGS, DV)>(p, sl, (const uint16_t *)p.qv, p.qv_sb, p.qv_sr, p.qv_sh, p.dv, bi, head, hk, g, row0,
                             rows, sQ + BM * 128, tid);
         sm90_mbar_arrive_cp_async(full_q);
         const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
@@ -115,15 +116,15 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             const int st = t % NST, k0 = kmin + t * BN;
             int32_t *pages = sPage + (t & 1) * BN;
             if (p.page_table) sm90_stage_pages<BN>(p, sl, k0, kmax, pages, tid);
-            const bool bulk = tma.on && k0 + BN <= kmax;
+            const bool bulk = sm90_bulk_tile(tma, sl, k0, BN, kmax);
             const int box = tma.paged_rows ? tma.paged_rows : BN;
             int c[3] = {0, 0, 0};
             if (bulk && tid < BN / box) sm90_run_coords(p, sl, tma, pages, k0, tid * box, hk, c);
             sm90_mbar_wait(empty + 8 * st, ((uint32_t)(t / NST) & 1) ^ 1);
             const uint32_t dst = sKV + st * STAGE;
-            sm90_issue_tile<MLA_D, BN>(p, sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, bulk, box, c, dst,
+            sm90_issue_tile<MLA_D, BN, sm90_gather_unroll(MLA_PRODUCER_REGS, MLA_D)>(p, sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, bulk, box, c, dst,
                                        full + 8 * st, tid);
-            sm90_issue_tile<DV, BN>(p, sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, bulk, box, c,
+            sm90_issue_tile<DV, BN, sm90_gather_unroll(MLA_PRODUCER_REGS, DV)>(p, sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, bulk, box, c,
                                     dst + BN * 128, full + 8 * st, tid);
         }
         cuda_cp_async_wait_all();
@@ -131,7 +132,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     }
 
     // ------------------------------------------------------------------------------- consumers
-    sm90_regs_inc<sm90_consumer_regs(MLA_PRODUCER_REGS)>();
+    sm90_regs_inc<sm90_consumer_regs(MLA_PRODUCER_REGS, 2)>();
     // The warpgroup index through a shuffle: provably warp-uniform, so that ptxas does not take the
     // two warpgroups' wgmma paths for divergent code (and serialise them).
     const int ctid = tid - 128, cwg = __shfl_sync(0xffffffffu, ctid >> 7, 0), cwarp = (ctid >> 5) & 3;

@@ -4,24 +4,25 @@
 // other GPU; this kernel takes all of their run-time features but q rotary: masks, softcap, sinks,
 // paging with any page size, varlen, pack-GQA, split slots (exact or pieces).
 //
-// Work items: BM = 128 query rows of one (sequence, head, split slot). Persistent where every item
+// Work items: BM = 128 query rows (192 for 16-bit d = 64) of one (sequence, head, split slot). Persistent where every item
 // has the same keys (no causal / local / chunk mask, one length for all sequences): a grid of
 // as many CTAs as fit on the device, CTA c working on items c, c + gridDim.x, ..., so that one
 // item's epilogue overlaps the next one's loads; items of different lengths would let the CTAs
 // drift apart in the id order and lose the L2 sharing of a head's K/V, so they get a CTA each
-// (the host's cuda_attn_params.ctas). A CTA = 3 warpgroups:
-//   producer   (warpgroup 0, 72 or 88 registers) copies the Q tile and NST stages of K and V
-//              tiles (BN = 128 keys, 64 for d = 256) into 128-byte-swizzled shared memory: bulk
-//              tensor copies (TMA) of contiguous rows, cp.async gathers of paged rows, packed GQA
-//              rows and tail tiles. Each copy completes on an mbarrier (full), and a stage is
+// (the host's cuda_attn_params.ctas). A CTA = 1 + BM / 64 warpgroups:
+//   producer   (warpgroup 0, 40 to 88 registers) copies the Q tile and NST stages of K and V
+//              tiles (BN = 128 keys, 64 for d = 256; wider, see below) into 128-byte-swizzled
+//              shared memory: bulk tensor copies (TMA) of contiguous rows, cp.async gathers of
+//              paged rows, packed GQA rows and tail tiles with other rows of the tensor past
+//              their keys. Each copy completes on an mbarrier (full), and a stage is
 //              refilled once its consumers released it (empty). For a paged cache the page ids of
 //              a tile are staged in shared memory first: any page size, one lookup per key row.
-//   consumers  (warpgroups 1 and 2, 216 or 208) own 64 rows each: S = Q K^T with
+//   consumers  (warpgroups 1 .. BM / 64, 152 to 232) own 64 rows each: S = Q K^T with
 //              wgmma from shared memory (64 x 128 fp32 in registers), the online softmax of
 //              cuda_attn.cuh in registers, then O += P V with P from registers and V from shared
 //              memory (B operand MN-major, so V needs no transpose). S of tile t is issued with
-//              P.V of tile t - 1, so a warpgroup's softmax runs under its own P.V; the two
-//              warpgroups run independently, so one's softmax also overlaps the other's wgmma.
+//              P.V of tile t - 1, so a warpgroup's softmax runs under its own P.V, and
+//              one's softmax also overlaps the others' wgmma (sm90_pingpong).
 // e4m3 inputs (BF = 2): the producer copies e4m3 rows into staging buffers (bulk tensor copies,
 // or cp.async gathers as above). d = 128 and 256: it swizzles Q and K into 8-bit tiles and
 // transposes V (8-bit wgmma operands are K-major only), and the GEMMs run on e4m3 (k32) with P
@@ -33,8 +34,10 @@
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
 #include "cuda/cuda_sm90_tile.cuh"
 
-#define SM90_THREADS 384
-#define SM90_BM 128
+// Query rows per work item: 128 (2 consumer warpgroups), or FA3's 192 (3) for 16-bit d = 64, whose
+// small GEMMs leave a 2-warpgroup CTA waiting on its softmax more than on the tensor cores.
+__host__ __device__ constexpr int sm90_block_m(int hd, int fp8) { return hd <= 64 && !fp8 ? 192 : 128; }
+__host__ __device__ constexpr int sm90_threads(int bm) { return 128 + 2 * bm; }
 
 // Keys per tile (BN): 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
 // Problems without a mask or paging also have 16-bit kernels with wider tiles, FA3's (H100
@@ -48,8 +51,8 @@ __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 
 // transposed by the producer); d = 64 is converted to fp16 tiles. Bytes of a ring element:
 __host__ __device__ constexpr bool sm90_native(int hd, int fp8) { return fp8 && hd >= 128; }
 __host__ __device__ constexpr int sm90_es(int hd, int fp8) { return sm90_native(hd, fp8) ? 1 : 2; }
-// Ping-pong: the two consumer warpgroups take turns issuing their GEMMs, so that one's softmax
-// runs under the other's GEMMs rather than both exponentiating at once while the tensor cores
+// Ping-pong: the consumer warpgroups take turns (0, 1, .., 0) issuing their GEMMs, so that one's
+// softmax runs under another's GEMMs rather than all exponentiating at once while the tensor cores
 // idle. Where the exponentials weigh most against the GEMMs (FA3's choice): 16-bit d <= 128 and
 // e4m3 d >= 128. Named barrier SM90_BAR_TURN + w is warpgroup w's turn (1 is the producer's).
 __host__ __device__ constexpr bool sm90_pingpong(int hd, int fp8) { return fp8 ? hd >= 128 : hd <= 128; }
@@ -57,9 +60,11 @@ __host__ __device__ constexpr bool sm90_pingpong(int hd, int fp8) { return fp8 ?
 // K/V stages: as many as fit beside the Q tile in 227 KB.
 __host__ __device__ constexpr int sm90_stages(int hd, int fp8) { return hd <= 64 || sm90_native(hd, fp8) ? 4 : 2; }
 
-// Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0).
-__host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8, int bn) {
-    return bn == sm90_block_n_wide(hd) ? (hd <= 128 ? 40 : 56) : hd <= 128 && !fp8 ? 88 : 72;
+// Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0);
+// the wide-tile kernels' consumers need 232 at d = 128 (the producer then spills a little: 28
+// bytes, outside its bulk-copy path), and 3 consumer warpgroups leave 152 each beside 56.
+__host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8, int bn, int bm) {
+    return bm > 128 ? 32 : bn == sm90_block_n_wide(hd) ? (hd <= 128 ? 40 : 56) : hd <= 128 && !fp8 ? 88 : 72;
 }
 
 // e4m3 staging buffers (a K and a V tile of rows as in memory): two, so that the gathers of tile
@@ -69,7 +74,9 @@ __host__ __device__ constexpr int sm90_staging(int hd, int fp8) { return fp8 ? 2
 // Byte offsets in the (1024-aligned) shared memory: Q, K stages, V stages, e4m3 staging, 2 rows
 // of page ids, then the mbarriers (sm90_ring).
 __host__ __device__ constexpr int sm90_tile_bytes(int rows, int hd, int es) { return rows * hd * es; }
-__host__ __device__ constexpr int sm90_off_k(int hd, int fp8) { return sm90_tile_bytes(SM90_BM, hd, sm90_es(hd, fp8)); }
+__host__ __device__ constexpr int sm90_off_k(int hd, int fp8) {
+    return sm90_tile_bytes(sm90_block_m(hd, fp8), hd, sm90_es(hd, fp8));
+}
 __host__ __device__ constexpr int sm90_off_v(int hd, int fp8, int bn) {
     return sm90_off_k(hd, fp8) + sm90_stages(hd, fp8) * sm90_tile_bytes(bn, hd, sm90_es(hd, fp8));
 }
@@ -189,7 +196,7 @@ __device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const
                                                 int u, int32_t *pages, uint8_t *buf, uint32_t full, int ptid) {
     const int k0 = w.kmin + u * BN;
     if (p.page_table) sm90_stage_pages<BN>(p, w.sl, k0, w.kmax, pages, ptid);
-    if (!(tma.on && k0 + BN <= w.kmax)) {
+    if (!sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax)) {
         const uint8_t *kb = (const uint8_t *)p.k + (int64_t)w.hk * p.k_sh;
         const uint8_t *vb = (const uint8_t *)p.v + (int64_t)w.hk * p.v_sh;
         sm90_gather_e4m3<HD, BN>(p, w.sl, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, buf, ptid);
@@ -221,12 +228,12 @@ struct sm90_ring {
 };
 
 // Producer, 16-bit inputs: the Q tile of item w and its K and V tiles, ring tiles it ..
-template <int HD, int BN, int NST>
+template <int HD, int BM, int BN, int NST, int PREGS>
 __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
                                              const sm90_ring &r, int it, int ptid) {
-    constexpr int BM = SM90_BM;
+    constexpr int U = sm90_gather_unroll(PREGS, HD);
     if (!tma.q_on) {
-        sm90_load_q<HD, BM, sm90_gather_unroll(HD, BN)>(p, w.sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, w.bi, w.head, w.hk, w.g,
+        sm90_load_q<HD, BM, U>(p, w.sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, w.bi, w.head, w.hk, w.g,
                             w.row0, w.rows, r.q, ptid);
         sm90_mbar_arrive_cp_async(r.full_q);
     } else if (ptid == 0) { // rows of one head: the tile is a box (past the tensor's end: zeros)
@@ -248,17 +255,17 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
         int32_t *pages = r.pages + (i & 1) * BN;
         if (p.page_table) sm90_stage_pages<BN>(p, w.sl, k0, w.kmax, pages, ptid);
         // Contiguous rows: bulk tensor copies of runs of box rows (the whole tile, or one page
-        // each when paged). The tail tile (rows past kmax) and other pages: cp.async,
-        // zero-filling past kmax (the copy engine would read rows whose V may hold NaN).
-        const bool bulk = tma.on && k0 + BN <= w.kmax;
+        // each when paged). A tail tile with other rows of the tensor past kmax, and other
+        // pages: cp.async, zero-filling past kmax (sm90_bulk_tile).
+        const bool bulk = sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax);
         const int box = tma.paged_rows ? tma.paged_rows : BN;
         int c[3] = {0, 0, 0};
         if (bulk && ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
         sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
-        sm90_issue_tile<HD, BN>(p, w.sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, bulk, box, c,
+        sm90_issue_tile<HD, BN, U>(p, w.sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, bulk, box, c,
                                 r.k + st * sm90_tile_bytes(BN, HD, 2), r.full_k + 8 * st, ptid);
         sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
-        sm90_issue_tile<HD, BN>(p, w.sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, bulk, box, c,
+        sm90_issue_tile<HD, BN, U>(p, w.sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, bulk, box, c,
                                 r.v + st * sm90_tile_bytes(BN, HD, 2), r.full_v + 8 * st, ptid);
     }
 }
@@ -271,7 +278,7 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
     static_assert(STG == 2, "two staging buffers");
     constexpr bool KEEP = sm90_native(HD, 1);
     constexpr int TB = sm90_tile_bytes(BN, HD, sm90_es(HD, 1));
-    sm90_load_q_e4m3<HD, SM90_BM, KEEP>(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, r.gen, ptid);
+    sm90_load_q_e4m3<HD, sm90_block_m(HD, 1), KEEP>(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, r.gen, ptid);
     sm90_fence_async_smem();
     sm90_mbar_arrive(r.full_q);
     uint8_t *stg = r.gen + sm90_off_staging(HD, 1, BN);
@@ -303,14 +310,15 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
 // (attn_cta_coords); the producer loads the next item's Q and first K/V tiles while the consumers
 // finish and store the current one.
 template <int HD, int BF, int BN>
-__global__ void __launch_bounds__(SM90_THREADS, 1)
+__global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
 #if FA3C_SM90A
-    constexpr int FP8 = BF == 2, NST = sm90_stages(HD, FP8), DV = HD, BM = SM90_BM;
+    constexpr int FP8 = BF == 2, NST = sm90_stages(HD, FP8), DV = HD, BM = sm90_block_m(HD, FP8), NCW = BM / 64;
     // The GEMMs' operand type (2 e4m3, 1 bf16, 0 fp16), the output's, the ring's element bytes.
     constexpr int CBF = FP8 ? (sm90_native(HD, FP8) ? 2 : 0) : BF, OBF = FP8 ? 1 : BF, ES = sm90_es(HD, FP8);
     constexpr int STG = sm90_staging(HD, FP8), TB = sm90_tile_bytes(BN, HD, ES);
-    constexpr int PREGS = sm90_producer_regs(HD, FP8, BN);
+    constexpr int PREGS = sm90_producer_regs(HD, FP8, BN, BM);
+    static_assert(sm90_smem_bytes(HD, FP8, BN) <= 232448, "an H100 block's shared memory");
     extern __shared__ uint8_t sm90_smem_raw[];
     sm90_ring r;
     r.q = (cuda_smem_addr(sm90_smem_raw) + 1023) & ~1023u;
@@ -333,12 +341,12 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
 
     if (tid == 0) {
         sm90_mbar_init(r.full_q, 128);
-        sm90_mbar_init(r.empty_q, 8); // one arrival per consumer warp
+        sm90_mbar_init(r.empty_q, 4 * NCW); // one arrival per consumer warp
         for (int s = 0; s < NST; s++) {
             sm90_mbar_init(r.full_k + 8 * s, 128);
             sm90_mbar_init(r.full_v + 8 * s, 128);
-            sm90_mbar_init(r.empty_k + 8 * s, 8);
-            sm90_mbar_init(r.empty_v + 8 * s, 8);
+            sm90_mbar_init(r.empty_k + 8 * s, 4 * NCW);
+            sm90_mbar_init(r.empty_v + 8 * s, 4 * NCW);
         }
         for (int s = 0; s < STG; s++) sm90_mbar_init(r.full_stg + 8 * s, 128);
     }
@@ -352,7 +360,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             if (sm90_item_get<BM, BN>(p, tma, id, &w) == SM90_ITEM_RUN && w.n_tiles > 0) {
                 sm90_mbar_wait(r.empty_q, (uint32_t)(qi & 1) ^ 1); // the last item's Q . K^T are done
                 if constexpr (FP8) sm90_produce_e4m3<HD, BN, NST, STG>(p, tma, w, r, it, tid);
-                else sm90_produce<HD, BN, NST>(p, tma, w, r, it, tid);
+                else sm90_produce<HD, BM, BN, NST, PREGS>(p, tma, w, r, it, tid);
                 it += w.n_tiles;
                 qi++;
             }
@@ -362,12 +370,13 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     }
 
     // ------------------------------------------------------------------------------- consumers
-    sm90_regs_inc<sm90_consumer_regs(PREGS)>();
+    sm90_regs_inc<sm90_consumer_regs(PREGS, NCW)>();
     const int ctid = tid - 128, cwg = ctid >> 7, cwarp = (ctid >> 5) & 3;
     const int wrow0 = cwg * 64 + cwarp * 16; // this warp's 16 rows of the tile
     const uint32_t q_base = r.q + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
     constexpr bool PP = sm90_pingpong(HD, FP8);
-    if (PP && cwg == 1) sm90_named_arrive(SM90_BAR_TURN, 256); // warpgroup 0 issues first
+    const int next_turn = SM90_BAR_TURN + (cwg + 1) % NCW; // the warpgroup after this one
+    if (PP && cwg == NCW - 1) sm90_named_arrive(SM90_BAR_TURN, 256); // warpgroup 0 issues first
     int it = 0, qi = 0;
     for (unsigned id = blockIdx.x; id < n_items; id += gridDim.x) {
         sm90_item w;
@@ -380,6 +389,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
                 attn_store_empty(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, BM, w.split, ctid);
             continue;
         }
+        // This thread's rows: their keys now, their tokens and heads again for the store (fewer
+        // registers live across the tile loop).
         int rlo[2], rhi[2], rtok[2], rhq[2];
         bool rvalid[2];
 #pragma unroll
@@ -418,10 +429,10 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
                 sm90_mbar_wait(r.full_v + 8 * pst, pph);
                 sm90_pv<DV, BN, CBF>(o, pa, r.v + pst * TB);
                 sm90_wgmma_commit();
-                if (PP) sm90_named_arrive(SM90_BAR_TURN + (cwg ^ 1), 256);
+                if (PP) sm90_named_arrive(next_turn, 256);
                 sm90_wgmma_wait<1>();
             } else {
-                if (PP) sm90_named_arrive(SM90_BAR_TURN + (cwg ^ 1), 256);
+                if (PP) sm90_named_arrive(next_turn, 256);
                 sm90_wgmma_wait<0>();
             }
             sm90_fence_regs(s);
@@ -462,10 +473,15 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
         }
         const float v_ds = FP8 ? cuda_descale(p.v_ds, p.vd_sb, p.vd_sh, w.bi, w.hk) : 1.0f;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            rvalid[e] = w.row0 + wrow0 + (lane >> 2) + 8 * e < w.rows;
+            attn_row(p, w.row0 + wrow0 + (lane >> 2) + 8 * e, w.g, w.head, w.hk, &rtok[e], &rhq[e]);
+        }
         attn_store_tile<OBF, DV / 8>(p, w.bi, w.sl.q_offset, w.split, rvalid, rtok, rhq, o4, m, l, v_ds,
                                      p.sinks && w.split == 0, poison, lane, 0, true);
     }
-    // Warpgroup 1 handed the turn back after every tile, the first pass included: take the last one.
+    // The last warpgroup handed the turn on after every tile, and once at the start: take the last one.
     if (PP && cwg == 0) sm90_named_sync(SM90_BAR_TURN, 256);
 #endif
 }
@@ -475,8 +491,8 @@ static cudaError_t sm90_launch(const cuda_attn_params *p, const cuda_tma *tma, c
     int64_t blocks = (int64_t)p->b * p->grid_heads * p->num_splits * p->num_m_blocks;
     if (blocks == 0) return cudaSuccess;
     if (p->ctas > 0 && p->ctas < blocks) blocks = p->ctas;
-    attn_sm90_kernel<HD, BF, BN>
-        <<<(unsigned)blocks, SM90_THREADS, sm90_smem_bytes(HD, BF == 2, BN), stream>>>(*p, *tma);
+    attn_sm90_kernel<HD, BF, BN><<<(unsigned)blocks, sm90_threads(sm90_block_m(HD, BF == 2)),
+                                   sm90_smem_bytes(HD, BF == 2, BN), stream>>>(*p, *tma);
     return cudaGetLastError();
 }
 
@@ -486,13 +502,14 @@ template <int HD, int BF, int BN> static cudaError_t sm90_prepare(void) {
 }
 
 template <int HD, int BF, int BN> static cudaError_t sm90_occupancy(int *ctas_per_sm) {
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, attn_sm90_kernel<HD, BF, BN>, SM90_THREADS,
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, attn_sm90_kernel<HD, BF, BN>,
+                                                         sm90_threads(sm90_block_m(HD, BF == 2)),
                                                          sm90_smem_bytes(HD, BF == 2, BN));
 }
 
 #define SM90_KERNEL(HD, BF, BN, NAME)                                                                                 \
     {HD, HD, BF == 1, BF == 2, 0, 1, 0, BN == sm90_block_n_wide(HD), NAME, sm90_smem_bytes(HD, BF == 2, BN),         \
-     SM90_BM, BN, sm90_launch<HD, BF, BN>, sm90_prepare<HD, BF, BN>, sm90_occupancy<HD, BF, BN>}
+     sm90_block_m(HD, BF == 2), BN, sm90_launch<HD, BF, BN>, sm90_prepare<HD, BF, BN>, sm90_occupancy<HD, BF, BN>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
     SM90_KERNEL(64, 1, 128, "wgmma_sm90_d64_bf16"),

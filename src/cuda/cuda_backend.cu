@@ -616,6 +616,7 @@ static void tma_maps(const cuda_state *st, const fa3c_problem *p, const cuda_att
     const int cols = k->e4m3 ? k->hd : 64;
     tma->varlen = p->varlen_k;
     tma->paged_rows = p->paged ? box : 0;
+    tma->rows = p->paged ? 0 : (int32_t)a->k.shape[a->k.ndim - 3];
     tma->heads_first = heads_inside_rows(&a->k) && heads_inside_rows(&a->v);
     tma->on = (!p->paged || (pow2 && p->page_size >= 16)) && tma_map(st, &a->k, cols, box, tma->heads_first, &tma->k) &&
               tma_map(st, &a->v, cols, box, tma->heads_first, &tma->v);

@@ -430,6 +430,7 @@ typedef struct cuda_tma {
     CUtensorMap k, v, q;
     int32_t     on, varlen, heads_first;       // varlen: rows are packed tokens (batch coordinate 0)
     int32_t     paged_rows;                    // paged: rows of one box (a tile is whole boxes); 0 else
+    int32_t     rows;                          // not paged: the K/V maps' row extent (zeros past it)
     int32_t     q_on, q_varlen, q_heads_first;
 } cuda_tma;
 

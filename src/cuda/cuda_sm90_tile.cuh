@@ -8,9 +8,13 @@
 #include "cuda/cuda_attn.cuh"
 #include "cuda/cuda_sm90.cuh"
 
-// setmaxnreg split of the CTA's 384 x 168 registers: the 128 producer threads keep P, the 256
-// consumer threads get (504 - P) / 2 (P = 56 -> 224, 72 -> 216, 88 -> 208); both multiples of 8.
-__host__ __device__ constexpr int sm90_consumer_regs(int producer_regs) { return (504 - producer_regs) / 2; }
+// setmaxnreg split of the registers of a CTA of a producer and ncw consumer warpgroups (each thread
+// starts at the launch cap, 65536 / threads rounded down to 8): the producer keeps P, each consumer
+// gets the rest. 2 consumer warpgroups: 384 x 168, (504 - P) / 2 (P = 40 -> 232, 56 -> 224,
+// 72 -> 216, 88 -> 208); 3: 512 x 128, (512 - P) / 3 (P = 56 -> 152). All multiples of 8.
+__host__ __device__ constexpr int sm90_consumer_regs(int producer_regs, int ncw) {
+    return (65536 / (128 * (ncw + 1)) / 8 * 8 * (ncw + 1) - producer_regs) / ncw;
+}
 
 // Byte offset of 16-byte chunk c of row r in a tile of `rows` rows.
 __device__ __forceinline__ uint32_t sm90_swizzle(int r, int c, int rows) {
@@ -55,11 +59,9 @@ __device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cu
 // d = 128, 80 for d = 256.
 __host__ __device__ constexpr int sm90_block_n_wide(int hd) { return hd <= 128 ? 176 : 80; }
 
-// Unrolling of the producer's cp.async gathers of rows of hd elements in a kernel of bn-key tiles:
-// as far as its registers allow (wide rows and the wide-tile kernels' 40 or 56 take less).
-__host__ __device__ constexpr int sm90_gather_unroll(int hd, int bn) {
-    return bn == sm90_block_n_wide(hd) ? 1 : hd >= 256 ? 2 : 4;
-}
+// Unrolling of the producer's cp.async gathers of rows of hd elements, as far as its registers
+// (setmaxnreg's pregs) allow.
+__host__ __device__ constexpr int sm90_gather_unroll(int pregs, int hd) { return pregs <= 56 ? 1 : hd >= 256 ? 2 : 4; }
 
 // Producer: the BM query-side rows row0 .. of a tile from `base` (q, or qv: (b, s_q, h, x) with
 // strides sb, sr, sh; packed rows R map to (token, head) as attn_row does); rows >= rows and
@@ -84,11 +86,11 @@ __device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cud
 
 // Producer: K or V rows of keys k0 .. k0 + BN - 1 of kv head hk (rows >= kmax, columns >= width
 // zero-filled). base, sb, sr: the tensor at the head and its page-or-batch and row strides.
-template <int HD, int BN>
+template <int HD, int BN, int UNROLL>
 __device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
                                              int64_t sb, int64_t sr, int width, int k0, int kmax,
                                              const int32_t *pages, uint32_t dst, int ptid) {
-    constexpr int CPR = HD / 8, UNROLL = sm90_gather_unroll(HD, BN);
+    constexpr int CPR = HD / 8;
 #pragma unroll UNROLL
     for (int idx = ptid; idx < BN * CPR; idx += 128) {
         int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
@@ -114,6 +116,16 @@ __device__ __forceinline__ void sm90_stage_pages(const cuda_attn_params &p, cons
     sm90_named_sync(1, 128);
 }
 
+// Producer: whether the K/V tile of keys k0 .. k0 + bn - 1 of an item with keys below kmax may be
+// a bulk copy: whole inside the keys, or (not paged) its rows past kmax past the tensor's end,
+// which the copy engine reads as zeros, as a gather would (so a sequence's last tile is a bulk copy
+// wherever no other rows follow its keys: a batched cache without seqused_k, the last sequence of
+// a varlen batch). Rows past kmax must be zeros or finite: P.V multiplies them by P = 0.
+__device__ __forceinline__ bool sm90_bulk_tile(const cuda_tma &tma, const cuda_seqlens &sl, int k0, int bn,
+                                               int kmax) {
+    return tma.on && (k0 + bn <= kmax || (!tma.paged_rows && (int64_t)sl.k_offset + kmax == tma.rows));
+}
+
 // Producer: box coordinates c (dims 1..3 of the K and V tensor maps) of the bulk run that starts
 // at key k0 + off (a whole box of one page, or of contiguous rows).
 __device__ __forceinline__ void sm90_run_coords(const cuda_attn_params &p, const cuda_seqlens &sl, const cuda_tma &tma,
@@ -128,15 +140,15 @@ __device__ __forceinline__ void sm90_run_coords(const cuda_attn_params &p, const
 // Producer: one K or V tile (keys k0 .. k0 + BN - 1, HD columns) into dst, completing `full` with
 // one arrival per producer thread. bulk: tensor copies of `map` in runs of `box` rows, run r
 // issued by producer thread r at coordinates c after thread 0 announced the tile's bytes; else
-// cp.async gathers (the tail tile, whose rows past kmax must read as zeros, and pages the copy
-// engine cannot take).
-template <int HD, int BN>
+// cp.async gathers (a tail tile whose rows past kmax must read as zeros, sm90_bulk_tile, and pages
+// the copy engine cannot take).
+template <int HD, int BN, int UNROLL>
 __device__ __forceinline__ void sm90_issue_tile(const cuda_attn_params &p, const cuda_seqlens &sl,
                                                 const CUtensorMap *map, const uint16_t *base, int64_t sb, int64_t sr,
                                                 int width, int k0, int kmax, const int32_t *pages, bool bulk, int box,
                                                 const int (&c)[3], uint32_t dst, uint32_t full, int ptid) {
     if (!bulk) {
-        sm90_load_kv<HD, BN>(p, sl, base, sb, sr, width, k0, kmax, pages, dst, ptid);
+        sm90_load_kv<HD, BN, UNROLL>(p, sl, base, sb, sr, width, k0, kmax, pages, dst, ptid);
         sm90_mbar_arrive_cp_async(full);
         return;
     }
