@@ -67,9 +67,12 @@ __host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8, int bn, in
     return bm > 128 ? 32 : bn == sm90_block_n_wide(hd) ? (hd <= 128 ? 40 : 56) : hd <= 128 && !fp8 ? 88 : 72;
 }
 
-// e4m3 staging buffers (a K and a V tile of rows as in memory): two, so that the gathers of tile
-// t + 1 fly while tile t is converted.
+// e4m3 staging buffers (a V tile of rows as in memory, and a K tile before it for d = 64): two, so
+// that the copies of tile t + 1 fly while tile t is converted.
 __host__ __device__ constexpr int sm90_staging(int hd, int fp8) { return fp8 ? 2 : 0; }
+__host__ __device__ constexpr int sm90_staging_bytes(int hd, int fp8, int bn) {
+    return (sm90_native(hd, fp8) ? 1 : 2) * bn * hd;
+}
 
 // Byte offsets in the (1024-aligned) shared memory: Q, K stages, V stages, e4m3 staging, 2 rows
 // of page ids, then the mbarriers (sm90_ring).
@@ -84,7 +87,7 @@ __host__ __device__ constexpr int sm90_off_staging(int hd, int fp8, int bn) {
     return sm90_off_v(hd, fp8, bn) + sm90_stages(hd, fp8) * sm90_tile_bytes(bn, hd, sm90_es(hd, fp8));
 }
 __host__ __device__ constexpr int sm90_off_pages(int hd, int fp8, int bn) {
-    return sm90_off_staging(hd, fp8, bn) + sm90_staging(hd, fp8) * 2 * bn * hd;
+    return sm90_off_staging(hd, fp8, bn) + sm90_staging(hd, fp8) * sm90_staging_bytes(hd, fp8, bn);
 }
 __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8, int bn) { return sm90_off_pages(hd, fp8, bn) + 2 * bn * 4; }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
@@ -132,17 +135,13 @@ __device__ __forceinline__ void sm90_gather_e4m3(const cuda_attn_params &p, cons
     }
 }
 
-// Producer, e4m3: a staged tile (BN x HD e4m3) -> the swizzled fp16 tile, or (KEEP, HD >= 128)
-// the swizzled 8-bit tile.
-template <int HD, int BN, bool KEEP>
-__device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
+// Producer, e4m3 d = 64: a staged tile (BN x HD e4m3) -> the swizzled fp16 tile.
+template <int HD, int BN> __device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
     constexpr int CPR = HD / 16;
 #pragma unroll 2
     for (int idx = ptid; idx < BN * CPR; idx += 128) {
         const int r = idx / CPR, c = idx % CPR;
-        const uint4 raw = *(const uint4 *)(src + r * HD + c * 16);
-        if constexpr (KEEP) *(uint4 *)(tile + sm90_swizzle(r, c, BN)) = raw;
-        else sm90_store_e4m3x16(tile, r, c, BN, raw);
+        sm90_store_e4m3x16(tile, r, c, BN, *(const uint4 *)(src + r * HD + c * 16));
     }
 }
 
@@ -187,33 +186,34 @@ __device__ __forceinline__ void sm90_transpose_v_e4m3(const uint8_t *src, uint8_
     }
 }
 
-// Producer, e4m3: the page ids (into pages) and the K and V rows of tile u of the item into
-// staging buffer `buf` (K rows, then V rows, HD bytes each), completing `full` with one arrival
-// per producer thread: bulk tensor copies of whole boxes (runs of box rows, as for 16-bit tiles),
-// else cp.async gathers.
-template <int HD, int BN>
+// Producer, e4m3: the page ids (into pages) and the rows of tile u of the item into staging buffer
+// `buf` (WITH_K: K rows, then V rows; else V rows; HD bytes each), completing `full` with one
+// arrival per producer thread: bulk tensor copies of whole boxes (runs of box rows, as for 16-bit
+// tiles), else cp.async gathers.
+template <int HD, int BN, bool WITH_K>
 __device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
                                                 int u, int32_t *pages, uint8_t *buf, uint32_t full, int ptid) {
+    constexpr int VOFF = WITH_K ? BN * HD : 0;
     const int k0 = w.kmin + u * BN;
     if (p.page_table) sm90_stage_pages<BN>(p, w.sl, k0, w.kmax, pages, ptid);
     if (!sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax)) {
         const uint8_t *kb = (const uint8_t *)p.k + (int64_t)w.hk * p.k_sh;
         const uint8_t *vb = (const uint8_t *)p.v + (int64_t)w.hk * p.v_sh;
-        sm90_gather_e4m3<HD, BN>(p, w.sl, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, buf, ptid);
-        sm90_gather_e4m3<HD, BN>(p, w.sl, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, buf + BN * HD, ptid);
+        if constexpr (WITH_K) sm90_gather_e4m3<HD, BN>(p, w.sl, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, buf, ptid);
+        sm90_gather_e4m3<HD, BN>(p, w.sl, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, buf + VOFF, ptid);
         sm90_mbar_arrive_cp_async(full);
         return;
     }
     const int box = tma.paged_rows ? tma.paged_rows : BN;
     int c[3] = {0, 0, 0};
     if (ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
-    if (ptid == 0) sm90_mbar_arrive_tx(full, 2 * BN * HD);
+    if (ptid == 0) sm90_mbar_arrive_tx(full, (WITH_K ? 2 : 1) * BN * HD);
     else sm90_mbar_arrive(full);
     __syncwarp();
     if (ptid < BN / box) {
         const uint32_t dst = cuda_smem_addr(buf) + ptid * box * HD;
-        sm90_tma_load_4d(dst, &tma.k, 0, c[0], c[1], c[2], full);
-        sm90_tma_load_4d(dst + BN * HD, &tma.v, 0, c[0], c[1], c[2], full);
+        if constexpr (WITH_K) sm90_tma_load_4d(dst, &tma.k, 0, c[0], c[1], c[2], full);
+        sm90_tma_load_4d(dst + VOFF, &tma.v, 0, c[0], c[1], c[2], full);
     }
 }
 
@@ -270,8 +270,11 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
     }
 }
 
-// Producer, e4m3: Q stored synchronously; tile i's rows arrive in staging buffer i % 2 (issued one
-// tile earlier within the item) and are moved into stage i % NST once the consumers released it.
+// Producer, e4m3: Q stored synchronously; tile i's V rows (and K rows, d = 64) arrive in staging
+// buffer i % 2 (issued one tile earlier within the item) and are moved into stage i % NST once the
+// consumers released it. K of d >= 128 is already an 8-bit wgmma tile as stored -- rows of 128-byte
+// column blocks -- and goes straight into its stage, as a 16-bit tile of HD / 2 columns would
+// (sm90_issue_tile on a 16-bit view: halved strides and widths; the host's tensor map likewise).
 template <int HD, int BN, int NST, int STG>
 __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
                                                   const sm90_ring &r, int it, int ptid) {
@@ -282,25 +285,39 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
     sm90_fence_async_smem();
     sm90_mbar_arrive(r.full_q);
     uint8_t *stg = r.gen + sm90_off_staging(HD, 1, BN);
-    constexpr int SB = 2 * BN * HD; // bytes of one staging buffer (K then V)
-    sm90_stage_e4m3<HD, BN>(p, tma, w, 0, r.pages + (it & 1) * BN, stg + (it % STG) * SB, r.full_stg + 8 * (it % STG),
-                            ptid);
+    constexpr int SB = sm90_staging_bytes(HD, 1, BN); // one staging buffer
+    sm90_stage_e4m3<HD, BN, !KEEP>(p, tma, w, 0, r.pages + (it & 1) * BN, stg + (it % STG) * SB,
+                                   r.full_stg + 8 * (it % STG), ptid);
+    const uint16_t *kb = (const uint16_t *)((const uint8_t *)p.k + (int64_t)w.hk * p.k_sh);
     for (int t = 0; t < w.n_tiles; t++) {
         const int i = it + t, st = i % NST, u = t + STG - 1, j = it + u;
         const uint32_t ph = (uint32_t)(i / NST) & 1;
         if (u < w.n_tiles)
-            sm90_stage_e4m3<HD, BN>(p, tma, w, u, r.pages + (j & 1) * BN, stg + (j % STG) * SB,
-                                    r.full_stg + 8 * (j % STG), ptid);
+            sm90_stage_e4m3<HD, BN, !KEEP>(p, tma, w, u, r.pages + (j & 1) * BN, stg + (j % STG) * SB,
+                                           r.full_stg + 8 * (j % STG), ptid);
+        if constexpr (KEEP) { // (tile i's page ids were staged with its V rows)
+            const int k0 = w.kmin + t * BN, box = tma.paged_rows ? tma.paged_rows : BN;
+            const int32_t *pages = r.pages + (i & 1) * BN;
+            const bool bulk = sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax);
+            int c[3] = {0, 0, 0};
+            if (bulk && ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
+            sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
+            sm90_issue_tile<HD / 2, BN, 1>( // (gathers not unrolled: no spills at 72 registers)
+                p, w.sl, &tma.k, kb, p.k_sb / 2, p.k_sr / 2, p.d / 2, k0, w.kmax, pages, bulk, box, c, r.k + st * TB,
+                r.full_k + 8 * st, ptid);
+        }
         sm90_mbar_wait(r.full_stg + 8 * (i % STG), (uint32_t)(i / STG) & 1);
         const uint8_t *src = stg + (i % STG) * SB;
-        sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
-        sm90_convert_e4m3<HD, BN, KEEP>(src, r.gen + sm90_off_k(HD, 1) + st * TB, ptid);
+        if constexpr (!KEEP) {
+            sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
+            sm90_convert_e4m3<HD, BN>(src, r.gen + sm90_off_k(HD, 1) + st * TB, ptid);
+        }
         sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
         uint8_t *vt = r.gen + sm90_off_v(HD, 1, BN) + st * TB;
-        if constexpr (KEEP) sm90_transpose_v_e4m3<HD, BN>(src + BN * HD, vt, ptid);
-        else sm90_convert_e4m3<HD, BN, false>(src + BN * HD, vt, ptid);
+        if constexpr (KEEP) sm90_transpose_v_e4m3<HD, BN>(src, vt, ptid);
+        else sm90_convert_e4m3<HD, BN>(src + BN * HD, vt, ptid);
         sm90_fence_async_smem();
-        sm90_mbar_arrive(r.full_k + 8 * st);
+        if constexpr (!KEEP) sm90_mbar_arrive(r.full_k + 8 * st);
         sm90_mbar_arrive(r.full_v + 8 * st);
         sm90_named_sync(1, 128); // staging buffer i % STG is read before tile i + STG refills it
     }
@@ -389,8 +406,6 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
                 attn_store_empty(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, BM, w.split, ctid);
             continue;
         }
-        // This thread's rows: their keys now, their tokens and heads again for the store (fewer
-        // registers live across the tile loop).
         int rlo[2], rhi[2], rtok[2], rhq[2];
         bool rvalid[2];
 #pragma unroll
@@ -473,11 +488,6 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
             l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
         }
         const float v_ds = FP8 ? cuda_descale(p.v_ds, p.vd_sb, p.vd_sh, w.bi, w.hk) : 1.0f;
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            rvalid[e] = w.row0 + wrow0 + (lane >> 2) + 8 * e < w.rows;
-            attn_row(p, w.row0 + wrow0 + (lane >> 2) + 8 * e, w.g, w.head, w.hk, &rtok[e], &rhq[e]);
-        }
         attn_store_tile<OBF, DV / 8>(p, w.bi, w.sl.q_offset, w.split, rvalid, rtok, rhq, o4, m, l, v_ds,
                                      p.sinks && w.split == 0, poison, lane, 0, true);
     }
