@@ -154,70 +154,36 @@ template <int DV, int BN> __device__ __forceinline__ uint32_t sm90_vt_offset(int
     else return (uint32_t)(d * 64 + ((c ^ ((d >> 1) & 3)) << 4));
 }
 
-// Producer, e4m3 kept: a staged V tile (BN keys x DV e4m3) -> V^T, the K-major B operand of P.V
-// (DV rows of BN keys, sm90_vt_offset), its keys permuted within each 16 (sm90_pack_p: position
-// 4q + j holds key 2q + (j & 1) + 8 (j >> 1)), so that a thread's S accumulators are its P
-// fragment. A thread moves 4 columns x 16 keys: 16 words read (a warp reads whole key rows), 4x4
-// byte transposes, 4 16-byte rows written.
-template <int DV, int BN>
-__device__ __forceinline__ void sm90_transpose_v_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
+// Producer, e4m3 kept: a staged V tile (BN keys x DV e4m3, at src: swizzled as a 16-bit tile of
+// DV / 2 columns) -> V^T, the K-major B operand of P.V (DV rows of BN keys, sm90_vt_offset), its
+// keys permuted within each 16 (sm90_pack_p: position 4q + j holds key 2q + (j & 1) + 8 (j >> 1)),
+// so that a thread's S accumulators are its P fragment. A warp moves 16 keys x 32 columns at a
+// time: a transposing 16-bit matrix load gives lane (p, q) = (lane / 4, lane % 4) the column pair
+// (2p, 2p + 1) of keys 2q, 2q + 1 (of each 8), which is half of V^T rows 2p and 2p + 1 at
+// positions 4q .. 4q + 3 -- two byte permutes with the next 8 keys' word make them whole -- and a
+// 16-bit matrix store writes those rows. Each stored matrix takes row 2p for p < 4 and 2p + 1 for
+// p >= 4 (or the other way), so that its 8 rows fall into 8 different 16-byte bank groups.
+template <int DV, int BN> __device__ __forceinline__ void sm90_transpose_v_e4m3(uint32_t src, uint32_t dst, int ptid) {
+    const int lane = ptid & 31, m = lane >> 3, r = lane & 7;
+    const uint32_t sel0 = lane < 16 ? 0x6420u : 0x7531u, sel1 = lane < 16 ? 0x7531u : 0x6420u;
+    // This lane's addresses: source row r of matrix m (keys + 8 (m & 1), columns + 16 (m >> 1));
+    // destination row r of matrix m (column group m >> 1, the other parity for odd m).
+    const int key = 8 * (m & 1) + r, dcol = 16 * (m >> 1);
+    const int drow = dcol + 2 * r + ((m & 1) ? r < 4 : r >= 4);
 #pragma unroll 1
-    for (int idx = ptid; idx < DV / 4 * BN / 16; idx += 128) {
-        const int d4 = idx % (DV / 4), c = idx / (DV / 4);
-        uint32_t t[4][4]; // [column e][key quad q]
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            uint32_t w[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int key = c * 16 + 2 * q + (j & 1) + 8 * (j >> 1);
-                w[j] = *(const uint32_t *)(src + key * DV + d4 * 4);
-            }
-            const uint32_t x = __byte_perm(w[0], w[1], 0x5140), y = __byte_perm(w[2], w[3], 0x5140);
-            const uint32_t x2 = __byte_perm(w[0], w[1], 0x7362), y2 = __byte_perm(w[2], w[3], 0x7362);
-            t[0][q] = __byte_perm(x, y, 0x5410);
-            t[1][q] = __byte_perm(x, y, 0x7632);
-            t[2][q] = __byte_perm(x2, y2, 0x5410);
-            t[3][q] = __byte_perm(x2, y2, 0x7632);
-        }
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-            *(uint4 *)(tile + sm90_vt_offset<DV, BN>(d4 * 4 + e, c)) = make_uint4(t[e][0], t[e][1], t[e][2], t[e][3]);
+    for (int u = ptid >> 5; u < (BN / 16) * (DV / 32); u += 4) {
+        const int c = u % (BN / 16), col = 32 * (u / (BN / 16)) + dcol, k = 16 * c + key;
+        uint32_t v[4], t[4];
+        sm90_ldsm_x4_t(src + (col >> 7) * BN * 128 + k * 128 + ((((col >> 4) & 7) ^ r) << 4), v);
+        t[0] = __byte_perm(v[0], v[1], sel0);
+        t[1] = __byte_perm(v[0], v[1], sel1);
+        t[2] = __byte_perm(v[2], v[3], sel0);
+        t[3] = __byte_perm(v[2], v[3], sel1);
+        sm90_stsm_x4(dst + sm90_vt_offset<DV, BN>(32 * (u / (BN / 16)) + drow, c), t);
     }
 }
 
-// Producer, e4m3: the page ids (into pages) and the rows of tile u of the item into staging buffer
-// `buf` (WITH_K: K rows, then V rows; else V rows; HD bytes each), completing `full` with one
-// arrival per producer thread: bulk tensor copies of whole boxes (runs of box rows, as for 16-bit
-// tiles), else cp.async gathers.
-template <int HD, int BN, bool WITH_K>
-__device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
-                                                int u, int32_t *pages, uint8_t *buf, uint32_t full, int ptid) {
-    constexpr int VOFF = WITH_K ? BN * HD : 0;
-    const int k0 = w.kmin + u * BN;
-    if (p.page_table) sm90_stage_pages<BN>(p, w.sl, k0, w.kmax, pages, ptid);
-    if (!sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax)) {
-        const uint8_t *kb = (const uint8_t *)p.k + (int64_t)w.hk * p.k_sh;
-        const uint8_t *vb = (const uint8_t *)p.v + (int64_t)w.hk * p.v_sh;
-        if constexpr (WITH_K) sm90_gather_e4m3<HD, BN>(p, w.sl, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, buf, ptid);
-        sm90_gather_e4m3<HD, BN>(p, w.sl, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, buf + VOFF, ptid);
-        sm90_mbar_arrive_cp_async(full);
-        return;
-    }
-    const int box = tma.paged_rows ? tma.paged_rows : BN;
-    int c[3] = {0, 0, 0};
-    if (ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
-    if (ptid == 0) sm90_mbar_arrive_tx(full, (WITH_K ? 2 : 1) * BN * HD);
-    else sm90_mbar_arrive(full);
-    __syncwarp();
-    if (ptid < BN / box) {
-        const uint32_t dst = cuda_smem_addr(buf) + ptid * box * HD;
-        if constexpr (WITH_K) sm90_tma_load_4d(dst, &tma.k, 0, c[0], c[1], c[2], full);
-        sm90_tma_load_4d(dst + VOFF, &tma.v, 0, c[0], c[1], c[2], full);
-    }
-}
-
-// The shared-memory ring of the kernel: byte addresses of the tiles and the mbarriers ([full Q]
+// The shared-memory ring of the kernels: byte addresses of the tiles and the mbarriers ([full Q]
 // [empty Q][full K x NST][full V x NST][empty K x NST][empty V x NST][full staging x STG], 8 bytes
 // each). Tile i of the CTA (counted over all its work items) uses stage i % NST in phase
 // (i / NST) & 1, and page-id row i & 1; its Q tile j (items with keys) phase j & 1.
@@ -226,6 +192,65 @@ struct sm90_ring {
     uint8_t *gen; // the generic address of q (the start of the ring)
     int32_t *pages;
 };
+
+// Producer, e4m3 d = 64: the K and V rows of tile u of the item (keys k0 ..) into staging buffer
+// `buf` (K rows, then V rows, HD bytes each), completing `full` with one arrival per producer
+// thread: bulk tensor copies of whole boxes (runs of box rows, as for 16-bit tiles), else cp.async
+// gathers. pages: the tile's page ids, staged.
+template <int HD, int BN>
+__device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
+                                                int k0, const int32_t *pages, uint8_t *buf, uint32_t full, int ptid) {
+    if (!sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax)) {
+        const uint8_t *kb = (const uint8_t *)p.k + (int64_t)w.hk * p.k_sh;
+        const uint8_t *vb = (const uint8_t *)p.v + (int64_t)w.hk * p.v_sh;
+        sm90_gather_e4m3<HD, BN>(p, w.sl, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, buf, ptid);
+        sm90_gather_e4m3<HD, BN>(p, w.sl, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, buf + BN * HD, ptid);
+        sm90_mbar_arrive_cp_async(full);
+        return;
+    }
+    const int box = tma.paged_rows ? tma.paged_rows : BN;
+    int c[3] = {0, 0, 0};
+    if (ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
+    if (ptid == 0) sm90_mbar_arrive_tx(full, 2 * BN * HD);
+    else sm90_mbar_arrive(full);
+    __syncwarp();
+    if (ptid < BN / box) {
+        const uint32_t dst = cuda_smem_addr(buf) + ptid * box * HD;
+        sm90_tma_load_4d(dst, &tma.k, 0, c[0], c[1], c[2], full);
+        sm90_tma_load_4d(dst + BN * HD, &tma.v, 0, c[0], c[1], c[2], full);
+    }
+}
+
+// Producer, e4m3: tile u of the item (ring tile j = it + u), a tile ahead of the conversions and
+// transposes, which bound the producer: its page ids, then d = 64: K and V rows into staging buffer
+// j % STG; d >= 128: V rows into that staging buffer and K straight into ring stage j % NST once
+// the consumers released it. e4m3 rows of d >= 128 bytes are moved as 16-bit tiles of HD / 2
+// columns would be (sm90_issue_tile on a 16-bit view: halved strides and widths, as the host's
+// tensor maps): K is then already an 8-bit wgmma tile, V swizzled for the transpose's loads.
+template <int HD, int BN, int NST, int STG>
+__device__ __forceinline__ void sm90_fetch_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
+                                                const sm90_ring &r, int it, int u, int ptid) {
+    const int j = it + u, k0 = w.kmin + u * BN;
+    int32_t *pages = r.pages + (j & 1) * BN;
+    if (p.page_table) sm90_stage_pages<BN>(p, w.sl, k0, w.kmax, pages, ptid);
+    uint8_t *buf = r.gen + sm90_off_staging(HD, 1, BN) + (j % STG) * sm90_staging_bytes(HD, 1, BN);
+    if constexpr (!sm90_native(HD, 1)) {
+        sm90_stage_e4m3<HD, BN>(p, tma, w, k0, pages, buf, r.full_stg + 8 * (j % STG), ptid);
+    } else {
+        const int st = j % NST, box = tma.paged_rows ? tma.paged_rows : BN;
+        const bool bulk = sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax);
+        const uint16_t *kb = (const uint16_t *)((const uint8_t *)p.k + (int64_t)w.hk * p.k_sh);
+        const uint16_t *vb = (const uint16_t *)((const uint8_t *)p.v + (int64_t)w.hk * p.v_sh);
+        int c[3] = {0, 0, 0};
+        if (bulk && ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
+        // (gathers not unrolled: no spills at 72 registers)
+        sm90_issue_tile<HD / 2, BN, 1>(p, w.sl, &tma.v, vb, p.v_sb / 2, p.v_sr / 2, p.dv / 2, k0, w.kmax, pages, bulk,
+                                       box, c, cuda_smem_addr(buf), r.full_stg + 8 * (j % STG), ptid);
+        sm90_mbar_wait(r.empty_k + 8 * st, ((uint32_t)(j / NST) & 1) ^ 1);
+        sm90_issue_tile<HD / 2, BN, 1>(p, w.sl, &tma.k, kb, p.k_sb / 2, p.k_sr / 2, p.d / 2, k0, w.kmax, pages, bulk,
+                                       box, c, r.k + st * sm90_tile_bytes(BN, HD, 1), r.full_k + 8 * st, ptid);
+    }
+}
 
 // Producer, 16-bit inputs: the Q tile of item w and its K and V tiles, ring tiles it ..
 template <int HD, int BM, int BN, int NST, int PREGS>
@@ -271,10 +296,8 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
 }
 
 // Producer, e4m3: Q stored synchronously; tile i's V rows (and K rows, d = 64) arrive in staging
-// buffer i % 2 (issued one tile earlier within the item) and are moved into stage i % NST once the
-// consumers released it. K of d >= 128 is already an 8-bit wgmma tile as stored -- rows of 128-byte
-// column blocks -- and goes straight into its stage, as a 16-bit tile of HD / 2 columns would
-// (sm90_issue_tile on a 16-bit view: halved strides and widths; the host's tensor map likewise).
+// buffer i % 2 (issued one tile earlier within the item, sm90_fetch_e4m3) and are moved into stage
+// i % NST once the consumers released it.
 template <int HD, int BN, int NST, int STG>
 __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
                                                   const sm90_ring &r, int it, int ptid) {
@@ -286,26 +309,11 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
     sm90_mbar_arrive(r.full_q);
     uint8_t *stg = r.gen + sm90_off_staging(HD, 1, BN);
     constexpr int SB = sm90_staging_bytes(HD, 1, BN); // one staging buffer
-    sm90_stage_e4m3<HD, BN, !KEEP>(p, tma, w, 0, r.pages + (it & 1) * BN, stg + (it % STG) * SB,
-                                   r.full_stg + 8 * (it % STG), ptid);
-    const uint16_t *kb = (const uint16_t *)((const uint8_t *)p.k + (int64_t)w.hk * p.k_sh);
+    sm90_fetch_e4m3<HD, BN, NST, STG>(p, tma, w, r, it, 0, ptid);
     for (int t = 0; t < w.n_tiles; t++) {
-        const int i = it + t, st = i % NST, u = t + STG - 1, j = it + u;
+        const int i = it + t, st = i % NST, u = t + STG - 1;
         const uint32_t ph = (uint32_t)(i / NST) & 1;
-        if (u < w.n_tiles)
-            sm90_stage_e4m3<HD, BN, !KEEP>(p, tma, w, u, r.pages + (j & 1) * BN, stg + (j % STG) * SB,
-                                           r.full_stg + 8 * (j % STG), ptid);
-        if constexpr (KEEP) { // (tile i's page ids were staged with its V rows)
-            const int k0 = w.kmin + t * BN, box = tma.paged_rows ? tma.paged_rows : BN;
-            const int32_t *pages = r.pages + (i & 1) * BN;
-            const bool bulk = sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax);
-            int c[3] = {0, 0, 0};
-            if (bulk && ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
-            sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
-            sm90_issue_tile<HD / 2, BN, 1>( // (gathers not unrolled: no spills at 72 registers)
-                p, w.sl, &tma.k, kb, p.k_sb / 2, p.k_sr / 2, p.d / 2, k0, w.kmax, pages, bulk, box, c, r.k + st * TB,
-                r.full_k + 8 * st, ptid);
-        }
+        if (u < w.n_tiles) sm90_fetch_e4m3<HD, BN, NST, STG>(p, tma, w, r, it, u, ptid);
         sm90_mbar_wait(r.full_stg + 8 * (i % STG), (uint32_t)(i / STG) & 1);
         const uint8_t *src = stg + (i % STG) * SB;
         if constexpr (!KEEP) {
@@ -314,7 +322,7 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
         }
         sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
         uint8_t *vt = r.gen + sm90_off_v(HD, 1, BN) + st * TB;
-        if constexpr (KEEP) sm90_transpose_v_e4m3<HD, BN>(src, vt, ptid);
+        if constexpr (KEEP) sm90_transpose_v_e4m3<HD, BN>(cuda_smem_addr(src), cuda_smem_addr(vt), ptid);
         else sm90_convert_e4m3<HD, BN>(src + BN * HD, vt, ptid);
         sm90_fence_async_smem();
         if constexpr (!KEEP) sm90_mbar_arrive(r.full_k + 8 * st);

@@ -601,34 +601,40 @@ static bool tma_map(const cuda_state *st, const fa3c_tensor *t, int box_cols, in
                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// An e4m3 tensor seen as rows of half as many 16-bit elements (its strides are even: rows_aligned).
+static void as_16bit_rows(fa3c_tensor *t) {
+    t->dtype = FA3C_DTYPE_BF16;
+    t->shape[t->ndim - 1] /= 2;
+    for (int i = 0; i < t->ndim - 1; i++) t->stride[i] /= 2;
+}
+
 static bool heads_inside_rows(const fa3c_tensor *t) { return t->stride[t->ndim - 2] <= t->stride[t->ndim - 3]; }
 
 // The wgmma kernel's tensor maps: K and V of a contiguous-row cache, or of a paged one whose
 // page_size is a power of two >= 16 (boxes of min(page_size, block_n) rows: the kernel aligns its
 // tiles to them and issues one copy per page run); Q when its tile is rows of one head (not
 // packed GQA).
-// e4m3: boxes of whole (bucket) rows into the producer's staging, unswizzled -- but K of d >= 128
-// (kept in e4m3 for wgmma's 8-bit form), which goes straight into its tile through a 16-bit view of
-// its rows: 64 two-byte columns, 128 e4m3, a 128-byte swizzled box. The e4m3 kernel loads Q itself.
+// e4m3 d = 64: boxes of whole (bucket) rows into the producer's staging, unswizzled; d >= 128 (kept
+// in e4m3 for wgmma's 8-bit form): K and V through a 16-bit view of their rows, 64 two-byte columns
+// = 128 e4m3 a 128-byte swizzled box, as 16-bit tiles. The e4m3 kernel loads Q itself.
 static void tma_maps(const cuda_state *st, const fa3c_problem *p, const cuda_attn_kernel *k, cuda_tma *tma) {
     const fa3c_fwd_args *a = p->args;
     if (!st->tma_encode) return;
     const bool pow2 = p->page_size > 0 && (p->page_size & (p->page_size - 1)) == 0;
     const int box = p->paged ? (int)(p->page_size < k->block_n ? p->page_size : k->block_n) : k->block_n;
-    const bool k_direct = k->e4m3 && k->hd >= 128;
-    fa3c_tensor kt = a->k;
-    if (k_direct) { // (16-byte aligned rows: every stride is even)
-        kt.dtype = FA3C_DTYPE_BF16;
-        kt.shape[kt.ndim - 1] /= 2;
-        for (int i = 0; i < kt.ndim - 1; i++) kt.stride[i] /= 2;
+    const bool view16 = k->e4m3 && k->hd >= 128;
+    fa3c_tensor kt = a->k, vt = a->v;
+    if (view16) {
+        as_16bit_rows(&kt);
+        as_16bit_rows(&vt);
     }
-    const int kcols = k->e4m3 && !k_direct ? k->hd : 64, vcols = k->e4m3 ? k->hd : 64;
+    const int cols = k->e4m3 && !view16 ? k->hd : 64;
     tma->varlen = p->varlen_k;
     tma->paged_rows = p->paged ? box : 0;
     tma->rows = p->paged ? 0 : (int32_t)a->k.shape[a->k.ndim - 3];
     tma->heads_first = heads_inside_rows(&a->k) && heads_inside_rows(&a->v);
-    tma->on = (!p->paged || (pow2 && p->page_size >= 16)) && tma_map(st, &kt, kcols, box, tma->heads_first, &tma->k) &&
-              tma_map(st, &a->v, vcols, box, tma->heads_first, &tma->v);
+    tma->on = (!p->paged || (pow2 && p->page_size >= 16)) && tma_map(st, &kt, cols, box, tma->heads_first, &tma->k) &&
+              tma_map(st, &vt, cols, box, tma->heads_first, &tma->v);
     tma->q_varlen = p->varlen_q;
     tma->q_heads_first = heads_inside_rows(&a->q);
     tma->q_on = !p->pack_gqa && !k->e4m3 && tma_map(st, &a->q, 64, k->block_m, tma->q_heads_first, &tma->q);

@@ -78,6 +78,21 @@ __device__ __forceinline__ void sm90_named_arrive(int id, int threads) {
     asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Four 8 x 8 matrices of 16-bit elements (rows of 16 bytes at the addresses of lanes 8i .. 8i + 7
+// for matrix i): loaded transposed -- lane t gets elements (2 (t % 4), t / 4) and (2 (t % 4) + 1,
+// t / 4) of each in r[i] -- or stored, lane t giving elements (t / 4, 2 (t % 4) .. + 1).
+__device__ __forceinline__ void sm90_ldsm_x4_t(uint32_t addr, uint32_t (&r)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+__device__ __forceinline__ void sm90_stsm_x4(uint32_t addr, const uint32_t (&r)[4]) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]), "r"(r[1]),
+                 "r"(r[2]), "r"(r[3])
+                 : "memory");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Register reallocation between warpgroups (the kernel needs a register cap at entry:
 // __launch_bounds__(threads, 1)).
