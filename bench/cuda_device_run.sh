@@ -34,7 +34,7 @@
 #   ncu_src   one launch of the kernels matching $NCU_KERNEL (regex, default the bf16 d 128 wgmma
 #             kernel) in bench section $NCU_WHAT (default prefill) after $NCU_SKIP (default 150)
 #             such launches: throughput and warp-state sections, then stall reasons per SASS
-#             instruction (CSV)
+#             instruction (CSV); file names end in $NCU_TAG
 #   ncu_times every prefill launch's duration, the first decode launches, and full profiles of
 #             three launches (d 128 / 256 at s 512, decode batch 1 / 1k)
 # Logs go under $OUT (the device tool's result folder); a summary goes
@@ -185,11 +185,11 @@ if [[ $steps == *,ncu_src,* ]]; then
     kern=${NCU_KERNEL:-attn_sm90_kernelILi128ELi1}
     timeout ${T_NCU:-150} ncu --kernel-name regex:"$kern" --launch-skip ${NCU_SKIP:-150} --launch-count 1 \
         --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis --section LaunchStats \
-        "./$BUILD/fa3c_bench_cuda" ${NCU_WHAT:-prefill} > "$OUT/ncu_src.txt" 2>&1 || rc=1
-    grep -E "attn_sm90|Duration|Grid Size|Issue Slots|Stall|Warp Cycles Per Issued|Eligible Warps" "$OUT/ncu_src.txt" | head -20
+        "./$BUILD/fa3c_bench_cuda" ${NCU_WHAT:-prefill} > "$OUT/ncu_src${NCU_TAG:-}.txt" 2>&1 || rc=1
+    grep -E "attn_sm90|Duration|Grid Size|Issue Slots|Stall|Warp Cycles Per Issued|Eligible Warps" "$OUT/ncu_src${NCU_TAG:-}.txt" | head -20
     timeout ${T_NCU:-150} ncu --kernel-name regex:"$kern" --launch-skip ${NCU_SKIP:-150} --launch-count 1 \
         --section SourceCounters --page source --print-source sass --csv \
-        "./$BUILD/fa3c_bench_cuda" ${NCU_WHAT:-prefill} > "$OUT/ncu_src_sass.csv" 2>&1 || rc=1
+        "./$BUILD/fa3c_bench_cuda" ${NCU_WHAT:-prefill} > "$OUT/ncu_src_sass${NCU_TAG:-}.csv" 2>&1 || rc=1
     stamp "ncu_src done"
 fi
 if [[ $steps == *,ncu_times,* ]]; then # every prefill launch's duration; the first decode shapes (batch 1)
