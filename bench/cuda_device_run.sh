@@ -183,11 +183,11 @@ if [[ $steps == *,ncu,* ]]; then # one prefill launch (s = 16k, non-causal) unde
 fi
 if [[ $steps == *,ncu_src,* ]]; then
     kern=${NCU_KERNEL:-attn_sm90_kernelILi128ELi1}
-    timeout ${T_NCU:-150} ncu --kernel-name regex:"$kern" --launch-skip ${NCU_SKIP:-150} --launch-count 1 \
+    timeout ${T_NCU:-150} ncu --kernel-name-base mangled --kernel-name regex:"$kern" --launch-skip ${NCU_SKIP:-150} --launch-count 1 \
         --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis --section LaunchStats \
         "./$BUILD/fa3c_bench_cuda" ${NCU_WHAT:-prefill} > "$OUT/ncu_src${NCU_TAG:-}.txt" 2>&1 || rc=1
     grep -E "attn_sm90|Duration|Grid Size|Issue Slots|Stall|Warp Cycles Per Issued|Eligible Warps" "$OUT/ncu_src${NCU_TAG:-}.txt" | head -20
-    timeout ${T_NCU:-150} ncu --kernel-name regex:"$kern" --launch-skip ${NCU_SKIP:-150} --launch-count 1 \
+    timeout ${T_NCU:-150} ncu --kernel-name-base mangled --kernel-name regex:"$kern" --launch-skip ${NCU_SKIP:-150} --launch-count 1 \
         --section SourceCounters --page source --print-source sass --csv \
         "./$BUILD/fa3c_bench_cuda" ${NCU_WHAT:-prefill} > "$OUT/ncu_src_sass${NCU_TAG:-}.csv" 2>&1 || rc=1
     stamp "ncu_src done"

@@ -553,6 +553,18 @@ __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int b
     }
 }
 
+// Columns col .. col + 3 of combined row (tok, hq) into out, and with column 0 its lse (all NaN when
+// the forward's metadata failed its check).
+template <int BF>
+__device__ __forceinline__ void attn_store_combined(const cuda_attn_params &p, int bi, int64_t tok, int hq, int col,
+                                                    float4 acc, float lse, bool poison) {
+    if (poison) acc = make_float4(NAN, NAN, NAN, NAN);
+    uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
+    dst[0] = cuda_from_f32<BF>(acc.x), dst[1] = cuda_from_f32<BF>(acc.y);
+    dst[2] = cuda_from_f32<BF>(acc.z), dst[3] = cuda_from_f32<BF>(acc.w);
+    if (col == 0 && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = poison ? NAN : lse;
+}
+
 // The fused split combine of the decode shape (pieces with counters): every CTA of a (sequence,
 // head, m-block) has stored its slot's partial rows; the last to arrive combines the num_splits
 // slots of those rows into out and lse (the rule of cuda_combine.cu) and re-arms the counter, so
@@ -578,20 +590,9 @@ __device__ __forceinline__ void attn_combine_slots(const cuda_attn_params &p, co
         int i, hq;
         attn_row(p, row0 + r, g, head, hk, &i, &hq);
         const float *lp = p.lacc + bi * p.la_sb + hq * p.la_sh + (sl.q_offset + i) * p.la_sr;
-        float *w = sW + r * W, M = -INFINITY, L = 0.0f;
-        for (int s = lane; s < W; s += 32) {
-            float v = __ldcg(lp + s * p.la_ss);
-            w[s] = v;
-            if (isfinite(v)) M = fmaxf(M, v);
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-        for (int s = lane; s < W; s += 32)
-            if (isfinite(w[s])) L += expf(w[s] - M);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-        for (int s = lane; s < W; s += 32) w[s] = (M != -INFINITY && isfinite(w[s])) ? expf(w[s] - M) / L : -1.0f;
-        if (lane == 0) sLse[r] = M == -INFINITY ? -INFINITY : M + logf(L);
+        for (int s = lane; s < W; s += 32) sW[r * W + s] = __ldcg(lp + s * p.la_ss);
+        const float lse = cuda_slot_weights(sW + r * W, W, lane);
+        if (lane == 0) sLse[r] = lse;
     }
     __syncthreads();
     // 4 columns a thread (dv is a multiple of 8; the workspace partials' rows are 16-byte aligned).
@@ -601,12 +602,8 @@ __device__ __forceinline__ void attn_combine_slots(const cuda_attn_params &p, co
         attn_row(p, row0 + r, g, head, hk, &i, &hq);
         const int64_t tok = sl.q_offset + i;
         const float *op = p.oacc + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col;
-        float4 acc = cuda_weighted_slots(sW + r * W, (const float4 *)op, p.oa_ss / 4, W);
-        if (poison) acc = make_float4(NAN, NAN, NAN, NAN);
-        uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
-        dst[0] = cuda_from_f32<BF>(acc.x), dst[1] = cuda_from_f32<BF>(acc.y);
-        dst[2] = cuda_from_f32<BF>(acc.z), dst[3] = cuda_from_f32<BF>(acc.w);
-        if (col == 0 && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = poison ? NAN : sLse[r];
+        attn_store_combined<BF>(p, bi, tok, hq, col, cuda_weighted_slots(sW + r * W, (const float4 *)op, p.oa_ss / 4, W),
+                                sLse[r], poison);
     }
 }
 
@@ -626,15 +623,9 @@ __device__ __forceinline__ void attn_combine_cluster(const cuda_attn_params &p, 
     const int nrow = min(16, rows);
     float *sLse = sW + 16 * W;
     for (int r = warp; r < nrow; r += ATTN_WARPS) { // slot weights of row r (one warp a row)
-        float v = lane < W ? cuda_cluster_load(cuda_cluster_addr(sPl + r, (uint32_t)lane)) : -INFINITY;
-        float M = isfinite(v) ? v : -INFINITY;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-        float e = isfinite(v) ? expf(v - M) : 0.0f, L = e;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-        if (lane < W) sW[r * W + lane] = M != -INFINITY && isfinite(v) ? e / L : -1.0f;
-        if (lane == 0) sLse[r] = M == -INFINITY ? -INFINITY : M + logf(L);
+        if (lane < W) sW[r * W + lane] = cuda_cluster_load(cuda_cluster_addr(sPl + r, (uint32_t)lane));
+        const float lse = cuda_slot_weights(sW + r * W, W, lane);
+        if (lane == 0) sLse[r] = lse;
     }
     __syncthreads();
     const int groups = (p.dv / 4 - rank + W - 1) / W; // this CTA's 4-column groups of a row
@@ -647,14 +638,9 @@ __device__ __forceinline__ void attn_combine_cluster(const cuda_attn_params &p, 
             const float4 x = cuda_cluster_load4(cuda_cluster_addr(sPart + r * DV + col, (uint32_t)s));
             acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
         }
-        if (poison) acc = make_float4(NAN, NAN, NAN, NAN);
         int i, hq;
         attn_row(p, r, g, head, hk, &i, &hq);
-        const int64_t tok = sl.q_offset + i;
-        uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
-        dst[0] = cuda_from_f32<BF>(acc.x), dst[1] = cuda_from_f32<BF>(acc.y);
-        dst[2] = cuda_from_f32<BF>(acc.z), dst[3] = cuda_from_f32<BF>(acc.w);
-        if (col == 0 && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = poison ? NAN : sLse[r];
+        attn_store_combined<BF>(p, bi, sl.q_offset + i, hq, col, acc, sLse[r], poison);
     }
     cuda_cluster_sync();
 }

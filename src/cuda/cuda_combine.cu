@@ -31,20 +31,9 @@ __global__ void __launch_bounds__(COMBINE_WARPS * 32) combine_kernel(const __gri
     }
     float *w = sw[warp];
     const float *lp = p.lp + bi * p.lp_sb + tok * p.lp_sr + hq * p.lp_sh;
-    float M = -INFINITY;
-    for (int s = lane; s < S; s += 32) {
-        float v = lp[s * p.lp_ss];
-        w[s] = v;
-        if (isfinite(v)) M = fmaxf(M, v);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-    float L = 0.0f;
-    for (int s = lane; s < S; s += 32)
-        if (isfinite(w[s])) L += expf(w[s] - M);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-    for (int s = lane; s < S; s += 32) w[s] = (M != -INFINITY && isfinite(w[s])) ? expf(w[s] - M) / L : -1.0f;
+    for (int s = lane; s < S; s += 32) w[s] = lp[s * p.lp_ss];
+    const float lse = cuda_slot_weights(w, S, lane);
+    if (lane == 0 && p.lse) p.lse[bi * p.l_sb + tok * p.l_sr + hq * p.l_sh] = poison ? NAN : lse;
     __syncwarp();
 
     const float *op = p.op + bi * p.op_sb + tok * p.op_sr + hq * p.op_sh;
@@ -53,8 +42,6 @@ __global__ void __launch_bounds__(COMBINE_WARPS * 32) combine_kernel(const __gri
         const float acc = cuda_weighted_slots(w, op + c, p.op_ss, S);
         cuda_store_float(p.out, p.out_dtype, ob + c, poison ? NAN : acc);
     }
-    if (lane == 0 && p.lse)
-        p.lse[bi * p.l_sb + tok * p.l_sr + hq * p.l_sh] = poison ? NAN : M == -INFINITY ? -INFINITY : M + logf(L);
 }
 
 cudaError_t cuda_combine_launch(const cuda_combine_params *p, cudaStream_t stream) {

@@ -193,6 +193,23 @@ __device__ __forceinline__ void cuda_store_float(void *p, int dtype, int64_t i, 
     else ((uint16_t *)p)[i] = cuda_f32_to_f16_bits(x);
 }
 
+// The combine's slot weights of one row, by one warp: w[0 .. S) holds the slots' lse (w[s] written
+// by lane s % 32); they become exp(lse_s - M) / L for the slots with keys (a finite lse) and -1 for
+// the others, which cuda_weighted_slots skips. Returns the row's lse, M + log L (-inf: no keys).
+__device__ __forceinline__ float cuda_slot_weights(float *w, int S, int lane) {
+    float M = -INFINITY, L = 0.0f;
+    for (int s = lane; s < S; s += 32)
+        if (isfinite(w[s])) M = fmaxf(M, w[s]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    for (int s = lane; s < S; s += 32)
+        if (isfinite(w[s])) L += expf(w[s] - M);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+    for (int s = lane; s < S; s += 32) w[s] = (M != -INFINITY && isfinite(w[s])) ? expf(w[s] - M) / L : -1.0f;
+    return M == -INFINITY ? -INFINITY : M + logf(L);
+}
+
 // The combine's weighted sum over S slots: sum of w[s] * x[s * stride] over the slots with
 // w[s] >= 0 (the others' partials may hold anything, NaN included), in slot order. The loads of 8
 // slots are issued before any is used, so that a combine waits for about S / 8 memory round trips
