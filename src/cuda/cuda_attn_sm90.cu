@@ -165,23 +165,29 @@ template <int DV, int BN> __device__ __forceinline__ uint32_t sm90_vt_offset(int
 // positions 4q .. 4q + 3 -- two byte permutes with the next 8 keys' word make them whole -- and a
 // 16-bit matrix store writes those rows. Each stored matrix takes row 2p for p < 4 and 2p + 1 for
 // p >= 4 (or the other way), so that its 8 rows fall into 8 different 16-byte bank groups.
+// Warp w moves the key chunks c = w + 4j (16 keys each); with those the addresses step by constants.
 template <int DV, int BN> __device__ __forceinline__ void sm90_transpose_v_e4m3(uint32_t src, uint32_t dst, int ptid) {
-    const int lane = ptid & 31, m = lane >> 3, r = lane & 7;
+    const int lane = ptid & 31, w = ptid >> 5, m = lane >> 3, r = lane & 7;
     const uint32_t sel0 = lane < 16 ? 0x6420u : 0x7531u, sel1 = lane < 16 ? 0x7531u : 0x6420u;
     // This lane's addresses: source row r of matrix m (keys + 8 (m & 1), columns + 16 (m >> 1));
     // destination row r of matrix m (column group m >> 1, the other parity for odd m).
-    const int key = 8 * (m & 1) + r, dcol = 16 * (m >> 1);
+    const int key = 16 * w + 8 * (m & 1) + r, dcol = 16 * (m >> 1);
     const int drow = dcol + 2 * r + ((m & 1) ? r < 4 : r >= 4);
 #pragma unroll 1
-    for (int u = ptid >> 5; u < (BN / 16) * (DV / 32); u += 4) {
-        const int c = u % (BN / 16), col = 32 * (u / (BN / 16)) + dcol, k = 16 * c + key;
-        uint32_t v[4], t[4];
-        sm90_ldsm_x4_t(src + (col >> 7) * BN * 128 + k * 128 + ((((col >> 4) & 7) ^ r) << 4), v);
-        t[0] = __byte_perm(v[0], v[1], sel0);
-        t[1] = __byte_perm(v[0], v[1], sel1);
-        t[2] = __byte_perm(v[2], v[3], sel0);
-        t[3] = __byte_perm(v[2], v[3], sel1);
-        sm90_stsm_x4(dst + sm90_vt_offset<DV, BN>(32 * (u / (BN / 16)) + drow, c), t);
+    for (int g = 0; g < DV / 32; g++) { // 32 columns
+        const int col = 32 * g + dcol;
+        const uint32_t s = src + (col >> 7) * BN * 128 + key * 128 + ((((col >> 4) & 7) ^ r) << 4);
+        const uint32_t d = dst + sm90_vt_offset<DV, BN>(32 * g + drow, w);
+#pragma unroll
+        for (int j = 0; j < BN / 64; j++) { // chunk w + 4j: 64 j keys on, the same bank groups
+            uint32_t v[4], t[4];
+            sm90_ldsm_x4_t(s + j * 64 * 128, v);
+            t[0] = __byte_perm(v[0], v[1], sel0);
+            t[1] = __byte_perm(v[0], v[1], sel1);
+            t[2] = __byte_perm(v[2], v[3], sel0);
+            t[3] = __byte_perm(v[2], v[3], sel1);
+            sm90_stsm_x4(BN == 128 ? d ^ (64u * j) : d + j * DV * 64, t); // (sm90_vt_offset of chunk w + 4j)
+        }
     }
 }
 
