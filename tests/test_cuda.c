@@ -163,8 +163,8 @@ static void build(case_list *l) {
     c->num_splits = 0, c->pad = true;
     c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 6, 1, 2000, 8, 1, 64), c->descale = true, c->page_size = 1,
     c->leftpad = false, c->num_splits = 0, c->pack_gqa = 1;
-    /* unmasked, unpaged, 2k keys and more: the e4m3 wide-tile kernel on Hopper (a bulk last tile
-     * batched; varlen: gathered tails but the last sequence's, split slots) */
+    /* unmasked, unpaged, 2k keys and more (the last tile a bulk copy when batched; varlen: tails
+     * gathered but the last sequence's; split slots) */
     c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 300, 2500, 4, 2, 128), c->descale = true;
     c = add(l, TU_VARLEN, FA3C_DTYPE_E4M3, 3, 200, 2100, 4, 2, 128), c->descale = true, c->num_splits = 3;
     /* FA3's other fp8 head dims: 96, 192 and the 192 / 128 pair, many rows and decode */
