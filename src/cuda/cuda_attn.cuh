@@ -602,8 +602,8 @@ __device__ __forceinline__ void attn_combine_slots(const cuda_attn_params &p, co
         attn_row(p, row0 + r, g, head, hk, &i, &hq);
         const int64_t tok = sl.q_offset + i;
         const float *op = p.oacc + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col;
-        attn_store_combined<BF>(p, bi, tok, hq, col, cuda_weighted_slots(sW + r * W, (const float4 *)op, p.oa_ss / 4, W),
-                                sLse[r], poison);
+        const float4 acc = cuda_weighted_slots(sW + r * W, (const float4 *)op, p.oa_ss / 4, W);
+        attn_store_combined<BF>(p, bi, tok, hq, col, acc, sLse[r], poison);
     }
 }
 

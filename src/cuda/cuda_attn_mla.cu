@@ -104,11 +104,12 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     if (tid < 128) { // ---------------------------------------------------------------- producer
         sm90_regs_dec<MLA_PRODUCER_REGS>();
         if (n_tiles == 0) return;
-        sm90_load_q<MLA_D, BM, sm90_gather_unroll(MLA_PRODUCER_REGS, MLA_D)>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0, rows,
-                               sQ, tid);
+        constexpr int UD = sm90_gather_unroll(MLA_PRODUCER_REGS, MLA_D), UV = sm90_gather_unroll(MLA_PRODUCER_REGS, DV);
+        sm90_load_q<MLA_D, BM, UD>(p, sl, (const uint16_t *)p.q, p.q_sb, p.q_sr, p.q_sh, p.d, bi, head, hk, g, row0,
+                                   rows, sQ, tid);
         sm90_mbar_arrive_cp_async(full_q);
-        sm90_load_q<DV, BM, sm90_gather_unroll(MLA_PRODUCER_REGS, DV)>(p, sl, (const uint16_t *)p.qv, p.qv_sb, p.qv_sr, p.qv_sh, p.dv, bi, head, hk, g, row0,
-                            rows, sQ + BM * 128, tid);
+        sm90_load_q<DV, BM, UV>(p, sl, (const uint16_t *)p.qv, p.qv_sb, p.qv_sr, p.qv_sh, p.dv, bi, head, hk, g, row0,
+                                rows, sQ + BM * 128, tid);
         sm90_mbar_arrive_cp_async(full_q);
         const uint16_t *kb = (const uint16_t *)p.k + (int64_t)hk * p.k_sh;
         const uint16_t *vb = (const uint16_t *)p.v + (int64_t)hk * p.v_sh;
@@ -122,10 +123,10 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             if (bulk && tid < BN / box) sm90_run_coords(p, sl, tma, pages, k0, tid * box, hk, c);
             sm90_mbar_wait(empty + 8 * st, ((uint32_t)(t / NST) & 1) ^ 1);
             const uint32_t dst = sKV + st * STAGE;
-            sm90_issue_tile<MLA_D, BN, sm90_gather_unroll(MLA_PRODUCER_REGS, MLA_D)>(p, sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, bulk, box, c, dst,
-                                       full + 8 * st, tid);
-            sm90_issue_tile<DV, BN, sm90_gather_unroll(MLA_PRODUCER_REGS, DV)>(p, sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, bulk, box, c,
-                                    dst + BN * 128, full + 8 * st, tid);
+            sm90_issue_tile<MLA_D, BN, UD>(p, sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, bulk, box, c, dst,
+                                           full + 8 * st, tid);
+            sm90_issue_tile<DV, BN, UV>(p, sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, bulk, box, c,
+                                        dst + BN * 128, full + 8 * st, tid);
         }
         cuda_cp_async_wait_all();
         return;

@@ -4,12 +4,12 @@
 // other GPU; this kernel takes all of their run-time features but q rotary: masks, softcap, sinks,
 // paging with any page size, varlen, pack-GQA, split slots (exact or pieces).
 //
-// Work items: BM = 128 query rows (192 for 16-bit d = 64) of one (sequence, head, split slot). Persistent where every item
-// has the same keys (no causal / local / chunk mask, one length for all sequences): a grid of
-// as many CTAs as fit on the device, CTA c working on items c, c + gridDim.x, ..., so that one
-// item's epilogue overlaps the next one's loads; items of different lengths would let the CTAs
-// drift apart in the id order and lose the L2 sharing of a head's K/V, so they get a CTA each
-// (the host's cuda_attn_params.ctas). A CTA = 1 + BM / 64 warpgroups:
+// Work items: BM = 128 query rows (192 for 16-bit d = 64) of one (sequence, head, split slot).
+// Persistent where every item has the same keys (no causal / local / chunk mask, one length for
+// all sequences): a grid of as many CTAs as fit on the device, CTA c working on items c,
+// c + gridDim.x, ..., so that one item's epilogue overlaps the next one's loads; items of
+// different lengths would let the CTAs drift apart in the id order and lose the L2 sharing of a
+// head's K/V, so they get a CTA each (the host's cuda_attn_params.ctas). A CTA = 1 + BM / 64 warpgroups:
 //   producer   (warpgroup 0, 40 to 88 registers) copies the Q tile and NST stages of K and V
 //              tiles (BN = 128 keys, 64 for d = 256; wider, see below) into 128-byte-swizzled
 //              shared memory: bulk tensor copies (TMA) of contiguous rows, cp.async gathers of
@@ -17,7 +17,7 @@
 //              their keys. Each copy completes on an mbarrier (full), and a stage is
 //              refilled once its consumers released it (empty). For a paged cache the page ids of
 //              a tile are staged in shared memory first: any page size, one lookup per key row.
-//   consumers  (warpgroups 1 .. BM / 64, 152 to 232) own 64 rows each: S = Q K^T with
+//   consumers  (warpgroups 1 .. BM / 64, 160 to 232) own 64 rows each: S = Q K^T with
 //              wgmma from shared memory (64 x 128 fp32 in registers), the online softmax of
 //              cuda_attn.cuh in registers, then O += P V with P from registers and V from shared
 //              memory (B operand MN-major, so V needs no transpose). S of tile t is issued with
@@ -27,8 +27,8 @@
 // ring stage (its rows already are one), V staged (bulk tensor copies, or cp.async gathers as
 // above) and transposed (8-bit wgmma operands are K-major only), and the GEMMs run on e4m3 (k32)
 // with P rounded to e4m3, as FA3 does. d = 64: K and V are staged and converted -- exactly -- into
-// fp16 tiles, so the GEMMs run in fp16 and P stays fp16. Both: fp32 accumulation, q * k descales scale the scores,
-// the v descale O, and the output is bf16.
+// fp16 tiles, so the GEMMs run in fp16 and P stays fp16. Both: fp32 accumulation, q * k descales
+// scale the scores, the v descale O, and the output is bf16.
 //
 // Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
@@ -60,9 +60,9 @@ __host__ __device__ constexpr bool sm90_pingpong(int hd, int fp8) { return fp8 ?
 // K/V stages: as many as fit beside the Q tile in 227 KB.
 __host__ __device__ constexpr int sm90_stages(int hd, int fp8) { return hd <= 64 || sm90_native(hd, fp8) ? 4 : 2; }
 
-// Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0);
-// the wide-tile kernels' consumers need 232 at d = 128 (the producer then spills a little: 28
-// bytes, outside its bulk-copy path), and 3 consumer warpgroups leave 152 each beside 56.
+// Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0),
+// but where the consumers need more: 232 for the wide tiles at d = 128, 160 each for 3 consumer
+// warpgroups -- the producer then spills a little (28 / 60 bytes, outside its bulk-copy path).
 __host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8, int bn, int bm) {
     return bm > 128 ? 32 : bn == sm90_block_n_wide(hd) ? (hd <= 128 ? 40 : 56) : hd <= 128 && !fp8 ? 88 : 72;
 }
@@ -89,7 +89,9 @@ __host__ __device__ constexpr int sm90_off_staging(int hd, int fp8, int bn) {
 __host__ __device__ constexpr int sm90_off_pages(int hd, int fp8, int bn) {
     return sm90_off_staging(hd, fp8, bn) + sm90_staging(hd, fp8) * sm90_staging_bytes(hd, fp8, bn);
 }
-__host__ __device__ constexpr int sm90_off_bars(int hd, int fp8, int bn) { return sm90_off_pages(hd, fp8, bn) + 2 * bn * 4; }
+__host__ __device__ constexpr int sm90_off_bars(int hd, int fp8, int bn) {
+    return sm90_off_pages(hd, fp8, bn) + 2 * bn * 4;
+}
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
 // d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have; d 256 with 80-key tiles 231,120.
 __host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8, int bn) {
@@ -136,7 +138,8 @@ __device__ __forceinline__ void sm90_gather_e4m3(const cuda_attn_params &p, cons
 }
 
 // Producer, e4m3 d = 64: a staged tile (BN x HD e4m3) -> the swizzled fp16 tile.
-template <int HD, int BN> __device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
+template <int HD, int BN>
+__device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *tile, int ptid) {
     constexpr int CPR = HD / 16;
 #pragma unroll 2
     for (int idx = ptid; idx < BN * CPR; idx += 128) {

@@ -171,8 +171,6 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
 #define SM90_R32 "{" SM90_C0_3 "}"
 #define SM90_R40 "{" SM90_C0_3 ", " SM90_C4 "}"
 #define SM90_R64 "{" SM90_C0_3 ", " SM90_C4_7 "}"
-#define SM90_R72 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8 "}"
-#define SM90_R80 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8 ", " SM90_C9 "}"
 #define SM90_R88 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8 ", " SM90_C9 ", " SM90_C10 "}"
 #define SM90_R128 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8_11 ", " SM90_C12_15 "}"
 #define SM90_D8(i)                                                                                                    \
@@ -181,8 +179,6 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
 #define SM90_D32 SM90_D8(0), SM90_D8(8), SM90_D8(16), SM90_D8(24)
 #define SM90_D40 SM90_D32, SM90_D8(32)
 #define SM90_D64 SM90_D32, SM90_D8(32), SM90_D8(40), SM90_D8(48), SM90_D8(56)
-#define SM90_D72 SM90_D64, SM90_D8(64)
-#define SM90_D80 SM90_D64, SM90_D8(64), SM90_D8(72)
 #define SM90_D88 SM90_D64, SM90_D8(64), SM90_D8(72), SM90_D8(80)
 #define SM90_D128                                                                                                     \
     SM90_D64, SM90_D8(64), SM90_D8(72), SM90_D8(80), SM90_D8(88), SM90_D8(96), SM90_D8(104), SM90_D8(112),            \
@@ -208,16 +204,12 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
     else SM90_SS(N, "f16", "0", SM90_R##K, SM90_D##K, A0, A1, A2);
 template <int BF, int N, int TB = 0>
 __device__ __forceinline__ void sm90_wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
-    static_assert(N == 64 || N == 80 || N == 128 || N == 144 || N == 160 || N == 176 || N == 256, "widths of the kernels' GEMMs");
+    static_assert(N == 64 || N == 80 || N == 128 || N == 176 || N == 256, "widths of the kernels' GEMMs");
 #if FA3C_SM90A
     if constexpr (N == 256) {
         SM90_SS_TYPES(256, 128, "128", "129", "130")
     } else if constexpr (N == 176) {
         SM90_SS_TYPES(176, 88, "88", "89", "90")
-    } else if constexpr (N == 160) {
-        SM90_SS_TYPES(160, 80, "80", "81", "82")
-    } else if constexpr (N == 144) {
-        SM90_SS_TYPES(144, 72, "72", "73", "74")
     } else if constexpr (N == 128) {
         SM90_SS_TYPES(128, 64, "64", "65", "66")
     } else if constexpr (N == 80) {
