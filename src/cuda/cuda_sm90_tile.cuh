@@ -11,7 +11,7 @@
 // setmaxnreg split of the registers of a CTA of a producer and ncw consumer warpgroups (each thread
 // starts at the launch cap, 65536 / threads rounded down to 8): the producer keeps P, each consumer
 // gets the rest. 2 consumer warpgroups: 384 x 168, (504 - P) / 2 (P = 40 -> 232, 56 -> 224,
-// 72 -> 216, 88 -> 208); 3: 512 x 128, (512 - P) / 3 (P = 56 -> 152). All multiples of 8.
+// 72 -> 216, 88 -> 208); 3: 512 x 128, (512 - P) / 3 (P = 32 -> 160). All multiples of 8.
 __host__ __device__ constexpr int sm90_consumer_regs(int producer_regs, int ncw) {
     return (65536 / (128 * (ncw + 1)) / 8 * 8 * (ncw + 1) - producer_regs) / ncw;
 }
