@@ -117,15 +117,12 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             const int st = t % NST, k0 = kmin + t * BN;
             int32_t *pages = sPage + (t & 1) * BN;
             if (p.page_table) sm90_stage_pages<BN>(p, sl, k0, kmax, pages, tid);
-            const bool bulk = sm90_bulk_tile(tma, sl, k0, BN, kmax);
-            const int box = tma.paged_rows ? tma.paged_rows : BN;
-            int c[3] = {0, 0, 0};
-            if (bulk && tid < BN / box) sm90_run_coords(p, sl, tma, pages, k0, tid * box, hk, c);
+            const sm90_tile_copy tc = sm90_plan_tile<BN>(p, sl, tma, pages, k0, kmax, hk, tid);
             sm90_mbar_wait(empty + 8 * st, ((uint32_t)(t / NST) & 1) ^ 1);
             const uint32_t dst = sKV + st * STAGE;
-            sm90_issue_tile<MLA_D, BN, UD>(p, sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, bulk, box, c, dst,
-                                           full + 8 * st, tid);
-            sm90_issue_tile<DV, BN, UV>(p, sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, bulk, box, c,
+            sm90_issue_tile<MLA_D, BN, UD>(p, sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, kmax, pages, tc, dst, full + 8 * st,
+                                           tid);
+            sm90_issue_tile<DV, BN, UV>(p, sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, kmax, pages, tc,
                                         dst + BN * 128, full + 8 * st, tid);
         }
         cuda_cp_async_wait_all();

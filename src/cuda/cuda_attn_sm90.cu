@@ -209,7 +209,8 @@ struct sm90_ring {
 template <int HD, int BN>
 __device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
                                                 int k0, const int32_t *pages, uint8_t *buf, uint32_t full, int ptid) {
-    if (!sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax)) {
+    const sm90_tile_copy tc = sm90_plan_tile<BN>(p, w.sl, tma, pages, k0, w.kmax, w.hk, ptid);
+    if (!tc.bulk) {
         const uint8_t *kb = (const uint8_t *)p.k + (int64_t)w.hk * p.k_sh;
         const uint8_t *vb = (const uint8_t *)p.v + (int64_t)w.hk * p.v_sh;
         sm90_gather_e4m3<HD, BN>(p, w.sl, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, buf, ptid);
@@ -217,16 +218,13 @@ __device__ __forceinline__ void sm90_stage_e4m3(const cuda_attn_params &p, const
         sm90_mbar_arrive_cp_async(full);
         return;
     }
-    const int box = tma.paged_rows ? tma.paged_rows : BN;
-    int c[3] = {0, 0, 0};
-    if (ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
     if (ptid == 0) sm90_mbar_arrive_tx(full, 2 * BN * HD);
     else sm90_mbar_arrive(full);
     __syncwarp();
-    if (ptid < BN / box) {
-        const uint32_t dst = cuda_smem_addr(buf) + ptid * box * HD;
-        sm90_tma_load_4d(dst, &tma.k, 0, c[0], c[1], c[2], full);
-        sm90_tma_load_4d(dst + BN * HD, &tma.v, 0, c[0], c[1], c[2], full);
+    if (ptid < BN / tc.box) {
+        const uint32_t dst = cuda_smem_addr(buf) + ptid * tc.box * HD;
+        sm90_tma_load_4d(dst, &tma.k, 0, tc.c[0], tc.c[1], tc.c[2], full);
+        sm90_tma_load_4d(dst + BN * HD, &tma.v, 0, tc.c[0], tc.c[1], tc.c[2], full);
     }
 }
 
@@ -246,18 +244,16 @@ __device__ __forceinline__ void sm90_fetch_e4m3(const cuda_attn_params &p, const
     if constexpr (!sm90_native(HD, 1)) {
         sm90_stage_e4m3<HD, BN>(p, tma, w, k0, pages, buf, r.full_stg + 8 * (j % STG), ptid);
     } else {
-        const int st = j % NST, box = tma.paged_rows ? tma.paged_rows : BN;
-        const bool bulk = sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax);
+        const int st = j % NST;
         const uint16_t *kb = (const uint16_t *)((const uint8_t *)p.k + (int64_t)w.hk * p.k_sh);
         const uint16_t *vb = (const uint16_t *)((const uint8_t *)p.v + (int64_t)w.hk * p.v_sh);
-        int c[3] = {0, 0, 0};
-        if (bulk && ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
+        const sm90_tile_copy tc = sm90_plan_tile<BN>(p, w.sl, tma, pages, k0, w.kmax, w.hk, ptid);
         // (gathers not unrolled: no spills at 72 registers)
-        sm90_issue_tile<HD / 2, BN, 1>(p, w.sl, &tma.v, vb, p.v_sb / 2, p.v_sr / 2, p.dv / 2, k0, w.kmax, pages, bulk,
-                                       box, c, cuda_smem_addr(buf), r.full_stg + 8 * (j % STG), ptid);
+        sm90_issue_tile<HD / 2, BN, 1>(p, w.sl, &tma.v, vb, p.v_sb / 2, p.v_sr / 2, p.dv / 2, k0, w.kmax, pages, tc,
+                                       cuda_smem_addr(buf), r.full_stg + 8 * (j % STG), ptid);
         sm90_mbar_wait(r.empty_k + 8 * st, ((uint32_t)(j / NST) & 1) ^ 1);
-        sm90_issue_tile<HD / 2, BN, 1>(p, w.sl, &tma.k, kb, p.k_sb / 2, p.k_sr / 2, p.d / 2, k0, w.kmax, pages, bulk,
-                                       box, c, r.k + st * sm90_tile_bytes(BN, HD, 1), r.full_k + 8 * st, ptid);
+        sm90_issue_tile<HD / 2, BN, 1>(p, w.sl, &tma.k, kb, p.k_sb / 2, p.k_sr / 2, p.d / 2, k0, w.kmax, pages, tc,
+                                       r.k + st * sm90_tile_bytes(BN, HD, 1), r.full_k + 8 * st, ptid);
     }
 }
 
@@ -291,16 +287,13 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
         // Contiguous rows: bulk tensor copies of runs of box rows (the whole tile, or one page
         // each when paged). A tail tile with other rows of the tensor past kmax, and other
         // pages: cp.async, zero-filling past kmax (sm90_bulk_tile).
-        const bool bulk = sm90_bulk_tile(tma, w.sl, k0, BN, w.kmax);
-        const int box = tma.paged_rows ? tma.paged_rows : BN;
-        int c[3] = {0, 0, 0};
-        if (bulk && ptid < BN / box) sm90_run_coords(p, w.sl, tma, pages, k0, ptid * box, w.hk, c);
+        const sm90_tile_copy tc = sm90_plan_tile<BN>(p, w.sl, tma, pages, k0, w.kmax, w.hk, ptid);
         sm90_mbar_wait(r.empty_k + 8 * st, ph ^ 1);
-        sm90_issue_tile<HD, BN, U>(p, w.sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, bulk, box, c,
-                                r.k + st * sm90_tile_bytes(BN, HD, 2), r.full_k + 8 * st, ptid);
+        sm90_issue_tile<HD, BN, U>(p, w.sl, &tma.k, kb, p.k_sb, p.k_sr, p.d, k0, w.kmax, pages, tc,
+                                   r.k + st * sm90_tile_bytes(BN, HD, 2), r.full_k + 8 * st, ptid);
         sm90_mbar_wait(r.empty_v + 8 * st, ph ^ 1);
-        sm90_issue_tile<HD, BN, U>(p, w.sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, bulk, box, c,
-                                r.v + st * sm90_tile_bytes(BN, HD, 2), r.full_v + 8 * st, ptid);
+        sm90_issue_tile<HD, BN, U>(p, w.sl, &tma.v, vb, p.v_sb, p.v_sr, p.dv, k0, w.kmax, pages, tc,
+                                   r.v + st * sm90_tile_bytes(BN, HD, 2), r.full_v + 8 * st, ptid);
     }
 }
 

@@ -137,17 +137,31 @@ __device__ __forceinline__ void sm90_run_coords(const cuda_attn_params &p, const
     c[2] = tma.paged_rows ? pages[off] : tma.varlen ? 0 : sl.k_batch;
 }
 
-// Producer: one K or V tile (keys k0 .. k0 + BN - 1, HD columns) into dst, completing `full` with
-// one arrival per producer thread. bulk: tensor copies of `map` in runs of `box` rows, run r
-// issued by producer thread r at coordinates c after thread 0 announced the tile's bytes; else
-// cp.async gathers (a tail tile whose rows past kmax must read as zeros, sm90_bulk_tile, and pages
-// the copy engine cannot take).
+// How the producer copies the K and V tiles of keys k0 .. k0 + BN - 1 (the same for both): bulk,
+// tensor copies in runs of `box` rows (run r issued by producer thread r, at coordinates c), else
+// cp.async gathers (sm90_bulk_tile). pages: the tile's page ids, staged.
+struct sm90_tile_copy {
+    bool bulk;
+    int  box, c[3];
+};
+template <int BN>
+__device__ __forceinline__ sm90_tile_copy sm90_plan_tile(const cuda_attn_params &p, const cuda_seqlens &sl,
+                                                         const cuda_tma &tma, const int32_t *pages, int k0, int kmax,
+                                                         int hk, int ptid) {
+    sm90_tile_copy tc = {sm90_bulk_tile(tma, sl, k0, BN, kmax), tma.paged_rows ? tma.paged_rows : BN, {0, 0, 0}};
+    if (tc.bulk && ptid < BN / tc.box) sm90_run_coords(p, sl, tma, pages, k0, ptid * tc.box, hk, tc.c);
+    return tc;
+}
+
+// Producer: one K or V tile (keys k0 .. k0 + BN - 1, HD columns) into dst as planned (tc),
+// completing `full` with one arrival per producer thread; bulk: thread 0 announces the tile's
+// bytes before the copies.
 template <int HD, int BN, int UNROLL>
 __device__ __forceinline__ void sm90_issue_tile(const cuda_attn_params &p, const cuda_seqlens &sl,
                                                 const CUtensorMap *map, const uint16_t *base, int64_t sb, int64_t sr,
-                                                int width, int k0, int kmax, const int32_t *pages, bool bulk, int box,
-                                                const int (&c)[3], uint32_t dst, uint32_t full, int ptid) {
-    if (!bulk) {
+                                                int width, int k0, int kmax, const int32_t *pages,
+                                                const sm90_tile_copy &tc, uint32_t dst, uint32_t full, int ptid) {
+    if (!tc.bulk) {
         sm90_load_kv<HD, BN, UNROLL>(p, sl, base, sb, sr, width, k0, kmax, pages, dst, ptid);
         sm90_mbar_arrive_cp_async(full);
         return;
@@ -155,10 +169,10 @@ __device__ __forceinline__ void sm90_issue_tile(const cuda_attn_params &p, const
     if (ptid == 0) sm90_mbar_arrive_tx(full, BN * HD * 2);
     else sm90_mbar_arrive(full);
     __syncwarp();
-    if (ptid < BN / box)
+    if (ptid < BN / tc.box)
 #pragma unroll
         for (int cb = 0; cb < HD / 64; cb++)
-            sm90_tma_load_4d(dst + cb * BN * 128 + ptid * box * 128, map, cb * 64, c[0], c[1], c[2], full);
+            sm90_tma_load_4d(dst + cb * BN * 128 + ptid * tc.box * 128, map, cb * 64, tc.c[0], tc.c[1], tc.c[2], full);
 }
 
 // BF (the operand type of the kernels' GEMMs): 1 bf16, 0 fp16, 2 e4m3. A wgmma k-step covers 32
