@@ -939,6 +939,23 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     }
 }
 
+// The kernel's launch of `blocks` CTAs in clusters of n along x (attr: its one attribute's storage).
+template <int HD, int DV, int BF, int MT, int WSPLIT>
+static cudaLaunchConfig_t attn_cluster_config(unsigned blocks, unsigned n, cudaStream_t stream,
+                                              cudaLaunchAttribute *attr) {
+    attr->id = cudaLaunchAttributeClusterDimension;
+    attr->val.clusterDim.x = n;
+    attr->val.clusterDim.y = attr->val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(blocks);
+    cfg.blockDim = dim3(ATTN_THREADS);
+    cfg.dynamicSmemBytes = attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2);
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cfg;
+}
+
 template <int HD, int DV, int BF, int MT, int WSPLIT>
 static cudaError_t attn_launch(const cuda_attn_params *p, const cuda_tma *tma, cudaStream_t stream) {
     (void)tma;
@@ -946,16 +963,8 @@ static cudaError_t attn_launch(const cuda_attn_params *p, const cuda_tma *tma, c
     if (blocks == 0) return cudaSuccess;
     if (p->cluster) { // num_m_blocks 1: the num_splits slots of a (sequence, head) are consecutive CTAs
         cudaLaunchAttribute attr;
-        attr.id = cudaLaunchAttributeClusterDimension;
-        attr.val.clusterDim.x = (unsigned)p->num_splits;
-        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)blocks);
-        cfg.blockDim = dim3(ATTN_THREADS);
-        cfg.dynamicSmemBytes = attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2);
-        cfg.stream = stream;
-        cfg.attrs = &attr;
-        cfg.numAttrs = 1;
+        const cudaLaunchConfig_t cfg =
+            attn_cluster_config<HD, DV, BF, MT, WSPLIT>((unsigned)blocks, (unsigned)p->num_splits, stream, &attr);
         return cudaLaunchKernelEx(&cfg, attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>, *p);
     }
     attn_fwd_kernel<HD, DV, BF, MT, WSPLIT>
@@ -984,15 +993,7 @@ static cudaError_t attn_cluster_max(int *ctas) {
     *ctas = 0;
     for (int n = 8; n >= 2 && *ctas == 0; n /= 2) {
         cudaLaunchAttribute attr;
-        attr.id = cudaLaunchAttributeClusterDimension;
-        attr.val.clusterDim.x = (unsigned)n;
-        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)n);
-        cfg.blockDim = dim3(ATTN_THREADS);
-        cfg.dynamicSmemBytes = attn_smem_bytes(HD, DV, MT, WSPLIT, BF == 2);
-        cfg.attrs = &attr;
-        cfg.numAttrs = 1;
+        const cudaLaunchConfig_t cfg = attn_cluster_config<HD, DV, BF, MT, WSPLIT>((unsigned)n, (unsigned)n, 0, &attr);
         int clusters = 0;
         if (cudaOccupancyMaxActiveClusters(&clusters, f, &cfg) != cudaSuccess) {
             (void)cudaGetLastError(); // this size is refused: try the next
