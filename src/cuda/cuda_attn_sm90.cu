@@ -40,8 +40,8 @@ __host__ __device__ constexpr int sm90_block_m(int hd, int fp8) { return hd <= 6
 __host__ __device__ constexpr int sm90_threads(int bm) { return 128 + 2 * bm; }
 
 // Keys per tile (BN): 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
-// Problems without a mask or paging also have 16-bit kernels with wider tiles, FA3's (H100
-// tile_size_fwd_sm90): 176 for d = 128, 80 for d = 256. A wider tile spreads each tile's fixed
+// Problems without a mask or paging also have kernels with wider tiles, FA3's (H100
+// tile_size_fwd_sm90) for 16 bits: 176 for d = 128, 80 for d = 256; e4m3 d = 128: 192. A wider tile spreads each tile's fixed
 // costs -- the row max and sum shuffles, O's rescale, the barrier hand-overs -- over more keys; a
 // masked problem would compute more masked scores on its diagonal tiles, and page sizes (powers of
 // two) would not divide it into whole bulk copies.
@@ -58,13 +58,15 @@ __host__ __device__ constexpr int sm90_es(int hd, int fp8) { return sm90_native(
 __host__ __device__ constexpr bool sm90_pingpong(int hd, int fp8) { return fp8 ? hd >= 128 : hd <= 128; }
 #define SM90_BAR_TURN 2
 // K/V stages: as many as fit beside the Q tile in 227 KB.
-__host__ __device__ constexpr int sm90_stages(int hd, int fp8) { return hd <= 64 || sm90_native(hd, fp8) ? 4 : 2; }
+__host__ __device__ constexpr int sm90_stages(int hd, int fp8, int bn) {
+    return hd <= 64 || sm90_native(hd, fp8) ? (bn > 128 ? 3 : 4) : 2;
+}
 
 // Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0),
-// but where the consumers need more: 232 for the wide tiles at d = 128, 160 each for 3 consumer
-// warpgroups -- the producer then spills a little (28 / 60 bytes, outside its bulk-copy path).
+// but where the consumers need more: 232 for the 16-bit wide tiles at d = 128, 224 for the e4m3
+// ones, 160 each for 3 consumer warpgroups -- the producer then spills a little (28 to 60 bytes).
 __host__ __device__ constexpr int sm90_producer_regs(int hd, int fp8, int bn, int bm) {
-    return bm > 128 ? 32 : bn == sm90_block_n_wide(hd) ? (hd <= 128 ? 40 : 56) : hd <= 128 && !fp8 ? 88 : 72;
+    return bm > 128 ? 32 : bn == sm90_block_n_wide(hd, fp8) ? (hd <= 128 && !fp8 ? 40 : 56) : hd <= 128 && !fp8 ? 88 : 72;
 }
 
 // e4m3 staging buffers (a V tile of rows as in memory, and a K tile before it for d = 64): two, so
@@ -81,10 +83,10 @@ __host__ __device__ constexpr int sm90_off_k(int hd, int fp8) {
     return sm90_tile_bytes(sm90_block_m(hd, fp8), hd, sm90_es(hd, fp8));
 }
 __host__ __device__ constexpr int sm90_off_v(int hd, int fp8, int bn) {
-    return sm90_off_k(hd, fp8) + sm90_stages(hd, fp8) * sm90_tile_bytes(bn, hd, sm90_es(hd, fp8));
+    return sm90_off_k(hd, fp8) + sm90_stages(hd, fp8, bn) * sm90_tile_bytes(bn, hd, sm90_es(hd, fp8));
 }
 __host__ __device__ constexpr int sm90_off_staging(int hd, int fp8, int bn) {
-    return sm90_off_v(hd, fp8, bn) + sm90_stages(hd, fp8) * sm90_tile_bytes(bn, hd, sm90_es(hd, fp8));
+    return sm90_off_v(hd, fp8, bn) + sm90_stages(hd, fp8, bn) * sm90_tile_bytes(bn, hd, sm90_es(hd, fp8));
 }
 __host__ __device__ constexpr int sm90_off_pages(int hd, int fp8, int bn) {
     return sm90_off_staging(hd, fp8, bn) + sm90_staging(hd, fp8) * sm90_staging_bytes(hd, fp8, bn);
@@ -95,7 +97,7 @@ __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8, int bn) {
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
 // d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have; d 256 with 80-key tiles 231,120.
 __host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8, int bn) {
-    return (size_t)sm90_off_bars(hd, fp8, bn) + (2 + 4 * sm90_stages(hd, fp8) + sm90_staging(hd, fp8)) * 8 + 1024;
+    return (size_t)sm90_off_bars(hd, fp8, bn) + (2 + 4 * sm90_stages(hd, fp8, bn) + sm90_staging(hd, fp8)) * 8 + 1024;
 }
 
 // 16 e4m3 values (chunk c of an e4m3 row) -> fp16 chunks 2c and 2c + 1 of row r of a swizzled
@@ -149,12 +151,12 @@ __device__ __forceinline__ void sm90_convert_e4m3(const uint8_t *src, uint8_t *t
 }
 
 // Byte offset of 16-byte chunk c (keys 16c ..) of row d of the e4m3 V^T tile (DV rows of BN keys):
-// BN = 128, one 128-byte swizzled row; BN = 64, 64-byte rows in the 64-byte swizzle (chunk
-// c ^ ((d >> 1) & 3), 8-row atoms of 512 bytes).
+// BN = 128, one 128-byte swizzled row; else blocks of 64 keys (DV rows of 64 bytes in the 64-byte
+// swizzle: chunk c ^ ((d >> 1) & 3), 8-row atoms of 512 bytes), one after the other.
 template <int DV, int BN> __device__ __forceinline__ uint32_t sm90_vt_offset(int d, int c) {
-    static_assert(BN == 128 || BN == 64, "V^T rows of 128 or 64 keys");
+    static_assert(BN == 128 || BN % 64 == 0, "V^T rows of 128 keys, or blocks of 64");
     if constexpr (BN == 128) return sm90_swizzle(d, c, DV);
-    else return (uint32_t)(d * 64 + ((c ^ ((d >> 1) & 3)) << 4));
+    else return (uint32_t)((c >> 2) * DV * 64 + d * 64 + (((c & 3) ^ ((d >> 1) & 3)) << 4));
 }
 
 // Producer, e4m3 kept: a staged V tile (BN keys x DV e4m3, at src: swizzled as a 16-bit tile of
@@ -340,7 +342,7 @@ template <int HD, int BF, int BN>
 __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
     attn_sm90_kernel(const __grid_constant__ cuda_attn_params p, const __grid_constant__ cuda_tma tma) {
 #if FA3C_SM90A
-    constexpr int FP8 = BF == 2, NST = sm90_stages(HD, FP8), DV = HD, BM = sm90_block_m(HD, FP8), NCW = BM / 64;
+    constexpr int FP8 = BF == 2, NST = sm90_stages(HD, FP8, BN), DV = HD, BM = sm90_block_m(HD, FP8), NCW = BM / 64;
     // The GEMMs' operand type (2 e4m3, 1 bf16, 0 fp16), the output's, the ring's element bytes.
     constexpr int CBF = FP8 ? (sm90_native(HD, FP8) ? 2 : 0) : BF, OBF = FP8 ? 1 : BF, ES = sm90_es(HD, FP8);
     constexpr int STG = sm90_staging(HD, FP8), TB = sm90_tile_bytes(BN, HD, ES);
@@ -528,7 +530,7 @@ template <int HD, int BF, int BN> static cudaError_t sm90_occupancy(int *ctas_pe
 }
 
 #define SM90_KERNEL(HD, BF, BN, NAME)                                                                                 \
-    {HD, HD, BF == 1, BF == 2, 0, 1, 0, BN == sm90_block_n_wide(HD), NAME, sm90_smem_bytes(HD, BF == 2, BN),         \
+    {HD, HD, BF == 1, BF == 2, 0, 1, 0, BN == sm90_block_n_wide(HD, BF == 2), NAME, sm90_smem_bytes(HD, BF == 2, BN),         \
      sm90_block_m(HD, BF == 2), BN, sm90_launch<HD, BF, BN>, sm90_prepare<HD, BF, BN>, sm90_occupancy<HD, BF, BN>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
@@ -545,4 +547,5 @@ extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
     SM90_KERNEL(128, 0, 176, "wgmma_sm90_d128_f16_n176"),
     SM90_KERNEL(256, 1, 80, "wgmma_sm90_d256_bf16_n80"),
     SM90_KERNEL(256, 0, 80, "wgmma_sm90_d256_f16_n80"),
+    SM90_KERNEL(128, 2, 192, "wgmma_sm90_d128_e4m3_n192"),
 };

@@ -171,6 +171,7 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
 #define SM90_R32 "{" SM90_C0_3 "}"
 #define SM90_R40 "{" SM90_C0_3 ", " SM90_C4 "}"
 #define SM90_R64 "{" SM90_C0_3 ", " SM90_C4_7 "}"
+#define SM90_R96 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8_11 "}"
 #define SM90_R88 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8 ", " SM90_C9 ", " SM90_C10 "}"
 #define SM90_R128 "{" SM90_C0_3 ", " SM90_C4_7 ", " SM90_C8_11 ", " SM90_C12_15 "}"
 #define SM90_D8(i)                                                                                                    \
@@ -179,6 +180,7 @@ template <int N> __device__ __forceinline__ void sm90_fence_regs(float (&r)[N]) 
 #define SM90_D32 SM90_D8(0), SM90_D8(8), SM90_D8(16), SM90_D8(24)
 #define SM90_D40 SM90_D32, SM90_D8(32)
 #define SM90_D64 SM90_D32, SM90_D8(32), SM90_D8(40), SM90_D8(48), SM90_D8(56)
+#define SM90_D96 SM90_D64, SM90_D8(64), SM90_D8(72), SM90_D8(80), SM90_D8(88)
 #define SM90_D88 SM90_D64, SM90_D8(64), SM90_D8(72), SM90_D8(80)
 #define SM90_D128                                                                                                     \
     SM90_D64, SM90_D8(64), SM90_D8(72), SM90_D8(80), SM90_D8(88), SM90_D8(96), SM90_D8(104), SM90_D8(112),            \
@@ -254,9 +256,10 @@ __device__ __forceinline__ void sm90_wgmma_rs(float (&d)[N / 2], const uint32_t 
                  : "l"(da), "l"(db), "r"(accumulate))
 template <int N>
 __device__ __forceinline__ void sm90_wgmma_ss_e4m3(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
-    static_assert(N == 64 || N == 128, "the e4m3 kernel's S widths");
+    static_assert(N == 64 || N == 128 || N == 192, "the e4m3 kernel's S widths");
 #if FA3C_SM90A
-    if constexpr (N == 128) SM90_SS_E4M3(128, SM90_R64, SM90_D64, "64", "65", "66");
+    if constexpr (N == 192) SM90_SS_E4M3(192, SM90_R96, SM90_D96, "96", "97", "98");
+    else if constexpr (N == 128) SM90_SS_E4M3(128, SM90_R64, SM90_D64, "64", "65", "66");
     else SM90_SS_E4M3(64, SM90_R32, SM90_D32, "32", "33", "34");
 #endif
 }

@@ -55,9 +55,9 @@ __device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cu
     return SM90_ITEM_RUN;
 }
 
-// Keys per tile of the 16-bit wgmma kernels' wide-tile twins (cuda_attn_sm90.cu): FA3's 176 for
-// d = 128, 80 for d = 256.
-__host__ __device__ constexpr int sm90_block_n_wide(int hd) { return hd <= 128 ? 176 : 80; }
+// Keys per tile of the wgmma kernels' wide-tile twins (cuda_attn_sm90.cu): 16-bit, FA3's 176 for
+// d = 128 and 80 for d = 256; e4m3 d = 128, 192 (FA3: 224, which V^T's 64-key blocks do not divide).
+__host__ __device__ constexpr int sm90_block_n_wide(int hd, int fp8) { return fp8 ? 192 : hd <= 128 ? 176 : 80; }
 
 // Unrolling of the producer's cp.async gathers of rows of hd elements, as far as its registers
 // (setmaxnreg's pregs) allow.
@@ -195,15 +195,16 @@ __device__ __forceinline__ void sm90_qk(float (&s)[BN / 2], uint32_t q_base, uin
 
 // Issues O += P V over the BN keys of v_base, one wgmma a k-step: 16-bit V is MN-major (column
 // blocks of 64 dv BN * 128 bytes apart, a k-step 16 rows); e4m3 V is V^T, K-major (DV rows of
-// BN = 128 keys in the 128-byte swizzle or of BN = 64 keys in the 64-byte one, a k-step 32 bytes),
-// its keys permuted as sm90_pack_p lays out P.
+// BN = 128 keys in the 128-byte swizzle, or blocks of DV rows of 64 keys in the 64-byte one, a
+// k-step 32 bytes), its keys permuted as sm90_pack_p lays out P.
 template <int DV, int BN, int BF>
 __device__ __forceinline__ void sm90_pv(float (&o)[DV / 2], const uint32_t (&pa)[SM90_PV_STEPS(BN, BF)][4],
                                         uint32_t v_base) {
 #pragma unroll
     for (int ks = 0; ks < SM90_PV_STEPS(BN, BF); ks++) {
         if constexpr (BF == 2 && BN == 128) sm90_wgmma_rs_e4m3<DV>(o, pa[ks], sm90_desc(v_base + ks * 32, 16, 1024), 1);
-        else if constexpr (BF == 2) sm90_wgmma_rs_e4m3<DV>(o, pa[ks], sm90_desc_sw64(v_base + ks * 32, 512), 1);
+        else if constexpr (BF == 2) // block ks / 2 of 64 keys, its second k-step 32 bytes in
+            sm90_wgmma_rs_e4m3<DV>(o, pa[ks], sm90_desc_sw64(v_base + (ks >> 1) * DV * 64 + (ks & 1) * 32, 512), 1);
         else sm90_wgmma_rs<BF, DV>(o, pa[ks], sm90_desc(v_base + ks * 2048, BN * 128, 1024), 1);
     }
 }
