@@ -4,8 +4,8 @@
 #             FA3C_CUDA_SM90=0: the mma.sync kernels only, with FA3C_CUDA_TMA=0: the wgmma
 #             kernel gathering every tile with cp.async, with FA3C_CUDA_CTAS=3: the persistent
 #             wgmma kernel's CTAs walking many work items each, with FA3C_CUDA_CLUSTER=0: the
-#             decode combine through global memory, and with FA3C_CUDA_WIDE=0: unmasked problems
-#             on the 128 / 64-key wgmma tiles; $TEST_ENVS replaces that list)
+#             decode combine through global memory, and with FA3C_CUDA_WIDE=0: every problem on
+#             the 128 / 64-key wgmma tiles; $TEST_ENVS replaces that list)
 #             and tests/test_combine
 #   sweep     the quick forward sweep (FA3C_SWEEP=quick tests/test_fwd_sweep) on cuda, with and
 #             without the wgmma kernels (the CPU backends run it in CI)

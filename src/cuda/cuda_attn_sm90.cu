@@ -40,11 +40,12 @@ __host__ __device__ constexpr int sm90_block_m(int hd, int fp8) { return hd <= 6
 __host__ __device__ constexpr int sm90_threads(int bm) { return 128 + 2 * bm; }
 
 // Keys per tile (BN): 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
-// Problems without a mask or paging also have kernels with wider tiles, FA3's (H100
-// tile_size_fwd_sm90) for 16 bits: 176 for d = 128, 80 for d = 256; e4m3 d = 128: 192. A wider tile spreads each tile's fixed
-// costs -- the row max and sum shuffles, O's rescale, the barrier hand-overs -- over more keys; a
-// masked problem would compute more masked scores on its diagonal tiles, and page sizes (powers of
-// two) would not divide it into whole bulk copies.
+// Problems without paging or a local / chunk mask also have kernels with wider tiles, FA3's (H100
+// tile_size_fwd_sm90) for 16 bits: 176 for d = 128, 80 for d = 256; e4m3 d = 128: 192. A wider
+// tile spreads each tile's fixed costs -- the row max and sum shuffles, O's rescale, the barrier
+// hand-overs -- over more keys; a causal problem computes more masked scores on its diagonal tiles
+// (so it takes them only for long keys: the host's wide_min_keys), and page sizes (powers of two)
+// would not divide it into whole bulk copies.
 // (sm90_block_n_wide: cuda_sm90_tile.cuh)
 __host__ __device__ constexpr int sm90_block_n(int hd) { return hd <= 128 ? 128 : 64; }
 // e4m3 with d = 128 or 256 stays e4m3 in the ring (FP8 "native": wgmma's 8-bit k32 form, V

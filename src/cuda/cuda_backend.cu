@@ -98,8 +98,9 @@ static fa3c_status split_mode_from_env(int *mode) {
 //                       on the mma.sync kernels;
 //   $FA3C_CUDA_CLUSTER  the decode shape on 9.x combines its split slots inside a thread block
 //                       cluster; 0 keeps the counter-and-global-memory combine;
-//   $FA3C_CUDA_WIDE     unmasked unpaged 16-bit problems run the wgmma kernels' wide key tiles
-//                       (d 128: 176 keys, d 256: 80); 0 keeps them on the 128 / 64-key tiles.
+//   $FA3C_CUDA_WIDE     unpaged problems without a local / chunk mask (causal ones with long keys:
+//                       wide_min_keys) run the wgmma kernels' wide key tiles (16-bit d 128: 176
+//                       keys, d 256: 80; e4m3 d 128: 192); 0 keeps them on the 128 / 64-key tiles.
 static fa3c_status switch_from_env(const char *name, int *on) {
     const char *v = getenv(name);
     if (!v || !*v || strcmp(v, "1") == 0) *on = 1;
@@ -280,6 +281,18 @@ static fa3c_status buffer_get(fa3c_context *ctx, cuda_buffer *buf, size_t bytes,
 // ---------------------------------------------------------------------------------------------
 // Selection: the one answer to "supported?" and "which kernel".
 
+// Keys (s_k) from which a problem without paging or a local / chunk mask runs the wide-tile twin
+// of its wgmma kernel (16-bit d 128: 176 keys, d 256: 80, e4m3 d 128: 192), measured on H100,
+// each against the 128 / 64-key tile in one call: unmasked, from any length (e4m3 from 2k: 0.93x
+// at 512 keys, 1.02x at 2k, 1.10x at 16k); causal, from where the wide tile's cheaper keys
+// outweigh the masked ones it adds past the diagonal (up to a tile a 128-row block, where the
+// narrow tile wastes half of one): 16-bit d 128 from 16k (1.04x; 8k 0.97-1.00x, 512 0.80x),
+// d 256 from 8k (1.01-1.09x; 4k 0.99-1.01x), e4m3 from 4k (1.05x; 16k 1.10x).
+static int64_t wide_min_keys(int64_t hd, int e4m3, int causal) {
+    if (!causal) return e4m3 ? 2048 : 0;
+    return e4m3 ? 4096 : hd > 128 ? 8192 : 16384;
+}
+
 static int64_t headdim_bucket(int64_t d) { return d <= 64 ? 64 : d <= 96 ? 96 : d <= 128 ? 128 : d <= 192 ? 192 : 256; }
 
 // 16-byte rows: data pointer and every non-last stride (in bytes) a multiple of 16.
@@ -322,11 +335,8 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
         const int decode = rows_per_seq <= 16;
         const bool bulk_pages =
             !p->paged || !st->tma_encode || (p->page_size >= 16 && !(p->page_size & (p->page_size - 1)));
-        // Without a mask or paging, the wide-tile twin where one exists (16-bit d 128, 256; e4m3
-        // d 128 from 2k keys: H100, 192-key tiles vs 128, 0.93x at 512 keys, 1.02x at 2k, 1.10x at
-        // 16k).
-        const int wide = st->wide && !p->paged && !p->is_causal && !p->is_local && !p->chunk &&
-                         (!e4m3 || p->s_k >= 2048);
+        const int wide = st->wide && !p->paged && !p->is_local && !p->chunk &&
+                         p->s_k >= wide_min_keys(hd, e4m3, p->is_causal);
         if (st->sm90 && !decode && !p->has_rotary && dvb == hd && (bulk_pages || e4m3)) {
             if (wide) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, 0, 1, 0, 1);
             if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, 0, 1, 0, 0);

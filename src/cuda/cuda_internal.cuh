@@ -40,7 +40,7 @@ typedef struct cuda_state {
     int     sm90;       // the wgmma kernels run here: compute capability 9.x and $FA3C_CUDA_SM90 != 0
     void   *tma_encode; // the driver's cuTensorMapEncodeTiled (sm90 only; NULL: no TMA)
     int     ctas;       // $FA3C_CUDA_CTAS: the persistent kernel's grid (-1: unset; 0: a CTA per item)
-    int     wide;       // $FA3C_CUDA_WIDE != 0: unmasked unpaged problems may run wide-tile kernels
+    int     wide;       // $FA3C_CUDA_WIDE != 0: unpaged problems may run wide-tile kernels (wide_min_keys)
 } cuda_state;
 
 // How a forward with S > 1 and no out_accum spreads the keys over CTAs ($FA3C_CUDA_SPLIT):
@@ -457,7 +457,7 @@ typedef struct cuda_attn_kernel {
     int         decode;     // 1: the few-rows variant (16 rows, the 4 warps split each key tile)
     int         sm90;       // 1: a wgmma kernel (compute capability 9.x only)
     int         qv;         // 1: the MLA kernel, scores q.k + qv.v (cuda_attn_mla.cu)
-    int         wide;       // 1: a wgmma kernel's wider-key-tile twin, for unmasked unpaged problems
+    int         wide;       // 1: a wgmma kernel's wider-key-tile twin, for unpaged problems (wide_min_keys)
     const char *name;
     size_t      smem;       // dynamic shared memory per block
     int         block_m, block_n;
