@@ -487,9 +487,6 @@ __device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq
     return corr;
 }
 
-// A finished row's lse (natural log) from its max m (log2 units) and sum l; -inf without keys.
-__device__ __forceinline__ float attn_row_lse(float m, float l) { return l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY; }
-
 // One finished row (token tok, head hq): out and lse, or split `split`'s partial. o (COLS,)
 // columns col .. col + COLS - 1 (unnormalised; times o_scale, the e4m3 v descale, else 1), m in
 // log2 units. COLS: 2 or 4 (one 8- / 16-byte store where the address allows it; out rows hold
@@ -499,7 +496,7 @@ __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi
                                                int col, const float *o, float m, float l, float o_scale,
                                                bool write_lse, bool poison) {
     static_assert(COLS == 2 || COLS == 4, "column pairs");
-    float lse = attn_row_lse(m, l);
+    float lse = l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
     float inv = l > 0.0f ? o_scale / l : 0.0f;
     if (poison && p.num_splits == 1) lse = inv = NAN;
     if (p.num_splits > 1) {
@@ -929,7 +926,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                 if (p.cluster) { // the slot's partial row stays here for the cluster's combine
                     const float inv = L > 0.0f ? v_ds / L : 0.0f;
                     *(float4 *)&sPart[row * DV + col] = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
-                    if (col == 0) sPl[row] = attn_row_lse(M, L);
+                    if (col == 0) sPl[row] = L > 0.0f ? M * ATTN_LN2 + logf(L) : -INFINITY;
                 } else {
                     attn_store_row<OBF, 4>(p, bi, sl.q_offset + i, hq, split, col, o, M, L, v_ds, col == 0, poison);
                 }
