@@ -17,7 +17,8 @@
 #   sass      registers, spills and instruction counts (HGMMA, HMMA, local memory) of the kernels
 #   sanitize  compute-sanitizer memcheck and initcheck over every $SANITIZE_EVERY-th test_cuda case
 #             and the graph tests, memcheck over test_repeat (2 repeats); racecheck over every
-#             $RACE_EVERY-th (16) case and the graph tests, under $RACE_ENV (e.g. FA3C_CUDA_CTAS=3)
+#             $RACE_EVERY-th (16) case and the graph tests, under $RACE_ENV (e.g. FA3C_CUDA_CTAS=3);
+#             $SAN_MATCH keeps the test_cuda cases whose name holds it (e.g. "causal", "e4m3")
 #   bench     tools/bench_cuda.c ($BENCH_WHAT, comma-separated sections, default all): prefill, fp8 prefill next to bf16, and
 #             decode and MLA decode once per split mode in $SPLIT_MODES; prefill again with
 #             FA3C_CUDA_SM90=0 (the mma.sync kernels) unless BENCH_MMA_SYNC=0
@@ -125,7 +126,7 @@ fi
 if [[ $steps == *,sanitize,* ]]; then
     for tool in memcheck initcheck; do
         echo "=== $tool test_cuda" >> "$OUT/sanitizer.log"
-        FA3C_TEST_CUDA_EVERY=${SANITIZE_EVERY:-8} timeout ${T_SAN:-200} compute-sanitizer --tool $tool --error-exitcode 9 \
+        FA3C_TEST_CUDA_MATCH=${SAN_MATCH:-} FA3C_TEST_CUDA_EVERY=${SANITIZE_EVERY:-8} timeout ${T_SAN:-200} compute-sanitizer --tool $tool --error-exitcode 9 \
             "./$BUILD/tests/test_cuda" >> "$OUT/sanitizer.log" 2>&1 || rc=1
         sed -n "/=== $tool test_cuda/,\$p" "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|test_cuda:|FAIL" | tail -4
         stamp "$tool done"
@@ -135,7 +136,7 @@ if [[ $steps == *,sanitize,* ]]; then
         "./$BUILD/tests/test_repeat" >> "$OUT/sanitizer.log" 2>&1 || rc=1
     sed -n '/=== memcheck test_repeat/,$p' "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|test_repeat:|FAIL" | tail -4
     echo "=== racecheck test_cuda ${RACE_ENV:-}" >> "$OUT/sanitizer.log"
-    env ${RACE_ENV:-} FA3C_TEST_CUDA_EVERY=${RACE_EVERY:-16} timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
+    env ${RACE_ENV:-} FA3C_TEST_CUDA_MATCH=${SAN_MATCH:-} FA3C_TEST_CUDA_EVERY=${RACE_EVERY:-16} timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
         "./$BUILD/tests/test_cuda" >> "$OUT/sanitizer.log" 2>&1 || rc=1
     sed -n '/=== racecheck test_cuda/,$p' "$OUT/sanitizer.log" | grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test_cuda:|FAIL" | tail -4
     stamp "racecheck done"
