@@ -282,12 +282,12 @@ static fa3c_status buffer_get(fa3c_context *ctx, cuda_buffer *buf, size_t bytes,
 // Selection: the one answer to "supported?" and "which kernel".
 
 // Keys (s_k) from which a problem without paging or a local / chunk mask runs the wide-tile twin
-// of its wgmma kernel (16-bit d 128: 176 keys, d 256: 80, e4m3 d 128: 192), measured on H100,
-// each against the 128 / 64-key tile in one call: unmasked, from any length (e4m3 from 2k: 0.93x
-// at 512 keys, 1.02x at 2k, 1.10x at 16k); causal, from where the wide tile's cheaper keys
-// outweigh the masked ones it adds past the diagonal (up to a tile a 128-row block, where the
-// narrow tile wastes half of one): 16-bit d 128 from 16k (1.04x; 8k 0.97-1.00x, 512 0.80x),
-// d 256 from 8k (1.01-1.09x; 4k 0.99-1.01x), e4m3 from 4k (1.05x; 16k 1.10x).
+// of its wgmma kernel (16-bit d 128: 176 keys, d 256: 80, e4m3 d 128: 192), measured on H100
+// against the 128 / 64-key tile: unmasked, from any length (e4m3 from 2k: 0.93x at 512 keys,
+// 1.02x at 2k, 1.10x at 16k); causal, from where the wide tile's cheaper keys outweigh the masked
+// ones it adds past the diagonal (up to a tile a 128-row block, where the narrow tile wastes half
+// of one), 16-bit each in two calls: d 128 from 16k (1.04x; 8k 0.97-1.00x, 512 0.80x), d 256 from
+// 8k (1.00-1.09x; 4k 0.99-1.01x); e4m3 from 4k (1.05x, 16k 1.10x; across two calls, one each).
 static int64_t wide_min_keys(int64_t hd, int e4m3, int causal) {
     if (!causal) return e4m3 ? 2048 : 0;
     return e4m3 ? 4096 : hd > 128 ? 8192 : 16384;
