@@ -152,6 +152,15 @@ static void build(case_list *l) {
     c->causal = true, c->num_splits = 3;
     c = add(l, TU_KVCACHE, BF, 2, 100, 600, 4, 2, 128), c->page_size = 48, c->causal = true;
 
+    /* causal over many items of a dynamic persistent schedule, and from the lengths that run the wide
+     * key tiles (wide_min_keys: diagonal tiles not aligned to the 128-row blocks), bottom-right
+     * aligned, varlen */
+    c = add(l, TU_BATCHED, BF, 2, 900, 1300, 4, 2, 128), c->causal = true;
+    c = add(l, TU_BATCHED, BF, 1, 130, 16500, 2, 1, 128), c->causal = true;
+    c = add(l, TU_VARLEN, BF, 2, 70, 16420, 2, 2, 128), c->causal = true;
+    c = add(l, TU_BATCHED, F16, 1, 130, 8300, 1, 1, 256), c->causal = true;
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 1, 260, 4200, 2, 1, 128), c->descale = true, c->causal = true;
+
     /* e4m3 on the tensor-core kernels (tiles converted to fp16): decode shape, many rows, paged,
      * varlen, splits, descales, append, sinks, softcap, windows, d 64 / 128 / 256 */
     c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 4, 1, 1000, 32, 8, 128), c->descale = true, c->page_size = 16,

@@ -125,6 +125,7 @@ static fa3c_status ctas_from_env(int *ctas) {
 static void state_free(cuda_state *st) {
     if (st->ws.ptr) cudaFree(st->ws.ptr);
     if (st->counts.ptr) cudaFree(st->counts.ptr);
+    if (st->sched) cudaFree(st->sched);
     for (int i = 0; i < st->n_retired; i++) cudaFree(st->retired[i]);
     free(st->retired);
     free(st->occupancy);
@@ -178,6 +179,15 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
                                              &q) != cudaSuccess || q != cudaDriverEntryPointSuccess) {
             st->tma_encode = NULL;
             (void)cudaGetLastError(); // no TMA is not an error of the next launch
+        }
+    }
+    // Allocated here, not at the first forward, so that any forward can be captured into a graph.
+    if (st->sm90) {
+        cudaError_t err = cudaMalloc((void **)&st->sched, 2 * sizeof(uint32_t));
+        if (err == cudaSuccess) err = cudaMemset(st->sched, 0, 2 * sizeof(uint32_t));
+        if (err != cudaSuccess) {
+            state_free(st);
+            return cuda_fail(err, "scheduler counters");
         }
     }
     // The shared-memory opt-in is a per-device property of each kernel; the occupancy follows it.
@@ -280,6 +290,18 @@ static fa3c_status buffer_get(fa3c_context *ctx, cuda_buffer *buf, size_t bytes,
 // ---------------------------------------------------------------------------------------------
 // Selection: the one answer to "supported?" and "which kernel".
 
+// Keys (s_k) from which a problem without paging or a local / chunk mask runs the wide-tile twin
+// of its wgmma kernel (16-bit d 128: 176 keys, d 256: 80, e4m3 d 128: 192), measured on H100,
+// each against the 128 / 64-key tile in one call: unmasked, from any length (e4m3 from 2k: 0.93x
+// at 512 keys, 1.02x at 2k, 1.10x at 16k); causal, from where the wide tile's cheaper keys
+// outweigh the masked ones it adds past the diagonal (up to a tile a 128-row block, where the
+// narrow tile wastes half of one): 16-bit d 128 from 16k (1.04x; 8k 0.97-1.00x, 512 0.80x),
+// d 256 from 8k (1.01-1.09x; 4k 0.99-1.01x), e4m3 from 4k (1.05x; 16k 1.10x).
+static int64_t wide_min_keys(int64_t hd, int e4m3, int causal) {
+    if (!causal) return e4m3 ? 2048 : 0;
+    return e4m3 ? 4096 : hd > 128 ? 8192 : 16384;
+}
+
 static int64_t headdim_bucket(int64_t d) { return d <= 64 ? 64 : d <= 96 ? 96 : d <= 128 ? 128 : d <= 192 ? 192 : 256; }
 
 // 16-byte rows: data pointer and every non-last stride (in bytes) a multiple of 16.
@@ -322,11 +344,8 @@ static const cuda_attn_kernel *tensor_core_kernel(const cuda_state *st, const fa
         const int decode = rows_per_seq <= 16;
         const bool bulk_pages =
             !p->paged || !st->tma_encode || (p->page_size >= 16 && !(p->page_size & (p->page_size - 1)));
-        // Without a mask or paging, the wide-tile twin where one exists (16-bit d 128, 256; e4m3
-        // d 128 from 2k keys: H100, 192-key tiles vs 128, 0.93x at 512 keys, 1.02x at 2k, 1.10x at
-        // 16k).
-        const int wide = st->wide && !p->paged && !p->is_causal && !p->is_local && !p->chunk &&
-                         (!e4m3 || p->s_k >= 2048);
+        const int wide = st->wide && !p->paged && !p->is_local && !p->chunk &&
+                         p->s_k >= wide_min_keys(hd, e4m3, p->is_causal);
         if (st->sm90 && !decode && !p->has_rotary && dvb == hd && (bulk_pages || e4m3)) {
             if (wide) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, 0, 1, 0, 1);
             if (id < 0) id = kernel_find((int)hd, (int)dvb, bf16, e4m3, 0, 1, 0, 0);
@@ -562,14 +581,17 @@ static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t k
     return (int32_t)(w > 1 ? w : 1);
 }
 
-// The persistent wgmma kernel's grid (cuda_attn_params.ctas): $FA3C_CUDA_CTAS, else SMs x resident
-// CTAs where every work item has the same keys, else 0 (a CTA per item, started in id order by
-// the hardware as CTAs finish: the items in flight stay consecutive). Same keys: no causal, local
-// or chunk mask and one length for every sequence (not varlen: no cu_seqlens, seqused or leftpad).
-static int32_t persistent_ctas(const cuda_state *st, const fa3c_problem *p, int32_t kernel_id) {
-    if (st->ctas >= 0) return st->ctas;
+// The persistent wgmma kernel's grid (cuda_attn_params.ctas, sched): $FA3C_CUDA_CTAS, else SMs x
+// resident CTAs. Where every work item has the same keys (no causal, local or chunk mask, one
+// length for every sequence: not varlen, no cu_seqlens, seqused or leftpad) CTA c takes items c, c
+// + ctas, ...; otherwise the CTAs take the next item in id order from a counter as they finish one
+// (the longest m-blocks of a head first, the heads in order: the items in flight share K/V in L2).
+static int32_t persistent_ctas(const cuda_state *st, const fa3c_problem *p, const cuda_attn_kernel *k, int32_t kernel_id,
+                               uint32_t **sched) {
     const bool same_keys = !p->is_causal && !p->is_local && p->chunk == 0 && !p->is_varlen;
-    return same_keys ? st->num_sm * st->occupancy[kernel_id] : 0;
+    const int32_t ctas = st->ctas >= 0 ? st->ctas : st->num_sm * st->occupancy[kernel_id];
+    *sched = k->sm90 && !k->qv && !same_keys && ctas > 0 ? st->sched : NULL;
+    return ctas;
 }
 
 // One bulk-copy tensor map of t (b, s, heads, d) / (total, heads, d): dims (d, rows, heads,
@@ -819,7 +841,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.counts = counts;
     ap.cluster = cluster;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
-    if (!simple) ap.ctas = persistent_ctas(cst, p, choice->kernel);
+    if (!simple) ap.ctas = persistent_ctas(cst, p, kern, choice->kernel, &ap.sched);
     if (simple) FA3C_TRY(run_simple(p, &ap, stream));
     else if (ap.num_m_blocks > 0) {
         cuda_tma tma;
