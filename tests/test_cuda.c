@@ -152,8 +152,9 @@ static void build(case_list *l) {
     c->causal = true, c->num_splits = 3;
     c = add(l, TU_KVCACHE, BF, 2, 100, 600, 4, 2, 128), c->page_size = 48, c->causal = true;
 
-    /* causal from the lengths that run the wide key tiles (wide_min_keys: diagonal tiles not aligned
-     * to the 128-row blocks), bottom-right aligned, varlen; and over 1k keys on the narrow ones */
+    /* causal over many items of a dynamic persistent schedule, and from the lengths that run the wide
+     * key tiles (wide_min_keys: diagonal tiles not aligned to the 128-row blocks), bottom-right
+     * aligned, varlen; and over 1k keys on the narrow ones */
     c = add(l, TU_BATCHED, BF, 2, 900, 1300, 4, 2, 128), c->causal = true;
     c = add(l, TU_BATCHED, BF, 1, 130, 16500, 2, 1, 128), c->causal = true;
     c = add(l, TU_VARLEN, BF, 2, 70, 16420, 2, 2, 128), c->causal = true;

@@ -5,11 +5,12 @@
 // paging with any page size, varlen, pack-GQA, split slots (exact or pieces).
 //
 // Work items: BM = 128 query rows (192 for 16-bit d = 64) of one (sequence, head, split slot).
-// Persistent where every item has the same keys (no causal / local / chunk mask, one length for
-// all sequences): a grid of as many CTAs as fit on the device, CTA c working on items c,
-// c + gridDim.x, ..., so that one item's epilogue overlaps the next one's loads; items of
-// different lengths would let the CTAs drift apart in the id order and lose the L2 sharing of a
-// head's K/V, so they get a CTA each (the host's cuda_attn_params.ctas). A CTA = 1 + BM / 64 warpgroups:
+// Persistent: a grid of as many CTAs as fit on the device (the host's cuda_attn_params.ctas), so
+// that one item's epilogue overlaps the next one's loads. Where every item has the same keys (no
+// causal / local / chunk mask, one length for all sequences) CTA c works on items c, c + gridDim.x,
+// ...; items of different lengths would let the CTAs drift apart in the id order and lose the L2
+// sharing of a head's K/V, so there each CTA takes the next item in id order from a device-wide
+// counter when it starts one (cuda_attn_params.sched). A CTA = 1 + BM / 64 warpgroups:
 //   producer   (warpgroup 0, 40 to 88 registers) copies the Q tile and NST stages of K and V
 //              tiles (BN = 128 keys, 64 for d = 256; wider, see below) into 128-byte-swizzled
 //              shared memory: bulk tensor copies (TMA) of contiguous rows, cp.async gathers of
@@ -97,8 +98,12 @@ __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8, int bn) {
 }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
 // d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have; d 256 with 80-key tiles 231,120.
+__host__ __device__ constexpr int sm90_barriers(int hd, int fp8, int bn) {
+    return 2 + 4 * sm90_stages(hd, fp8, bn) + sm90_staging(hd, fp8);
+}
+// The mbarriers, then the 2 work-item id slots of sm90_give_id (8 bytes).
 __host__ __device__ constexpr size_t sm90_smem_bytes(int hd, int fp8, int bn) {
-    return (size_t)sm90_off_bars(hd, fp8, bn) + (2 + 4 * sm90_stages(hd, fp8, bn) + sm90_staging(hd, fp8)) * 8 + 1024;
+    return (size_t)sm90_off_bars(hd, fp8, bn) + sm90_barriers(hd, fp8, bn) * 8 + 8 + 1024;
 }
 
 // 16 e4m3 values (chunk c of an e4m3 row) -> fp16 chunks 2c and 2c + 1 of row r of a swizzled
@@ -204,6 +209,53 @@ struct sm90_ring {
     uint8_t *gen; // the generic address of q (the start of the ring)
     int32_t *pages;
 };
+
+// A persistent CTA's work items (attn_cta_coords' ids): the first is blockIdx.x, the next one
+// after `id` id + gridDim.x, or with a dynamic schedule (p.sched) the counter's next, so that CTAs
+// finishing early take more items. The producer claims the next item once it has issued the last
+// copies of one (FA3's moment: a tile-ring's time before the consumers finish it, so a CTA does not
+// hold on to an item another CTA could start sooner) and hands its id over in shared memory,
+// ids[u & 1] for the u-th hand-over, under named barriers: warp 0 of the producer waits until
+// consumer warpgroup w has taken the previous id (SM90_BAR_ID + 2w + 1, with w's 128 threads),
+// writes the id, signals w (SM90_BAR_ID + 2w), then the producer's own warps read it after named
+// barrier 1. Each warpgroup waits for its signal alone, so the consumers' ping-pong is not forced
+// into step. ids >= the item count end the loops.
+// compute-sanitizer racecheck reports these slots as hazards: it does so for the protocol alone
+// in a 40-line kernel, in this form and in FA3's (one barrier pair for all consumers), since it
+// does not take bar.arrive -> bar.sync as ordering; the static schedule hands nothing over, so
+// race checks of the kernel run with FA3C_CUDA_CTAS=0 or on unmasked problems.
+#define SM90_BAR_ID 5 // after the producer's 1 and the ping-pong turns 2 .. 4
+template <int NCW>
+__device__ __forceinline__ unsigned sm90_give_id(const cuda_attn_params &p, unsigned *ids, unsigned u, int ptid) {
+    if (ptid < 32) {
+        unsigned next = 0;
+        if (ptid == 0) next = gridDim.x + atomicAdd(p.sched, 1u);
+#pragma unroll
+        for (int w = 0; w < NCW; w++) sm90_named_sync(SM90_BAR_ID + 2 * w + 1, 160);
+        if (ptid == 0) ids[u & 1] = next;
+#pragma unroll
+        for (int w = 0; w < NCW; w++) sm90_named_arrive(SM90_BAR_ID + 2 * w, 160);
+    }
+    sm90_named_sync(1, 128);
+    return ids[u & 1];
+}
+// Consumer warpgroup cwg: the u-th hand-over's id; the slot is released for the next one unless
+// this id ends the loop (every signal has its wait: none is left pending at the exit).
+__device__ __forceinline__ unsigned sm90_take_id(const unsigned *ids, unsigned u, unsigned n_items, int cwg) {
+    sm90_named_sync(SM90_BAR_ID + 2 * cwg, 160);
+    const unsigned id = ids[u & 1];
+    if (id < n_items) sm90_named_arrive(SM90_BAR_ID + 2 * cwg + 1, 160);
+    return id;
+}
+// After a CTA's last item (its last counter increment made): the last CTA to get here re-arms
+// the counters for the next launch (the stream orders launches; nobody increments them any more).
+__device__ __forceinline__ void sm90_sched_done(const cuda_attn_params &p) {
+    __threadfence(); // this CTA's counter increments come before its arrival
+    if (atomicAdd(p.sched + 1, 1u) == gridDim.x - 1) {
+        p.sched[0] = 0;
+        p.sched[1] = 0;
+    }
+}
 
 // Producer, e4m3 d = 64: the K and V rows of tile u of the item (keys k0 ..) into staging buffer
 // `buf` (K rows, then V rows, HD bytes each), completing `full` with one arrival per producer
@@ -363,6 +415,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
     r.empty_k = r.full_v + 8 * NST;
     r.empty_v = r.empty_k + 8 * NST;
     r.full_stg = r.empty_v + 8 * NST;
+    unsigned *ids = (unsigned *)(r.gen + sm90_off_bars(HD, FP8, BN) + sm90_barriers(HD, FP8, BN) * 8);
 
     const int tid = threadIdx.x, lane = tid & 31;
     const bool poison = !cuda_meta_ok(p.meta); // warp-collective, before any return
@@ -385,7 +438,8 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
     if (tid < 128) { // ---------------------------------------------------------------- producer
         sm90_regs_dec<PREGS>();
         int it = 0, qi = 0; // ring tiles and Q tiles so far
-        for (unsigned id = blockIdx.x; id < n_items; id += gridDim.x) {
+        for (unsigned id = blockIdx.x, u = 0; id < n_items;
+             id = p.sched ? sm90_give_id<NCW>(p, ids, u++, tid) : id + gridDim.x) {
             sm90_item w;
             if (sm90_item_get<BM, BN>(p, tma, id, &w) == SM90_ITEM_RUN && w.n_tiles > 0) {
                 sm90_mbar_wait(r.empty_q, (uint32_t)(qi & 1) ^ 1); // the last item's Q . K^T are done
@@ -396,6 +450,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
             }
         }
         cuda_cp_async_wait_all();
+        if (tid == 0 && p.sched) sm90_sched_done(p);
         return;
     }
 
@@ -408,7 +463,9 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
     const int next_turn = SM90_BAR_TURN + (cwg + 1) % NCW; // the warpgroup after this one
     if (PP && cwg == NCW - 1) sm90_named_arrive(SM90_BAR_TURN, 256); // warpgroup 0 issues first
     int it = 0, qi = 0;
-    for (unsigned id = blockIdx.x; id < n_items; id += gridDim.x) {
+    if (p.sched) sm90_named_arrive(SM90_BAR_ID + 2 * cwg + 1, 160); // the id slots start free
+    for (unsigned id = blockIdx.x, u = 0; id < n_items;
+         id = p.sched ? sm90_take_id(ids, u++, n_items, cwg) : id + gridDim.x) {
         sm90_item w;
         // Shuffled: provably warp-uniform, else ptxas takes the wgmma below for divergent code
         // and serialises it (C7520).

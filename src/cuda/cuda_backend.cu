@@ -126,6 +126,7 @@ static fa3c_status ctas_from_env(int *ctas) {
 static void state_free(cuda_state *st) {
     if (st->ws.ptr) cudaFree(st->ws.ptr);
     if (st->counts.ptr) cudaFree(st->counts.ptr);
+    if (st->sched) cudaFree(st->sched);
     for (int i = 0; i < st->n_retired; i++) cudaFree(st->retired[i]);
     free(st->retired);
     free(st->occupancy);
@@ -179,6 +180,15 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
                                              &q) != cudaSuccess || q != cudaDriverEntryPointSuccess) {
             st->tma_encode = NULL;
             (void)cudaGetLastError(); // no TMA is not an error of the next launch
+        }
+    }
+    // Allocated here, not at the first forward, so that any forward can be captured into a graph.
+    if (st->sm90) {
+        cudaError_t err = cudaMalloc((void **)&st->sched, 2 * sizeof(uint32_t));
+        if (err == cudaSuccess) err = cudaMemset(st->sched, 0, 2 * sizeof(uint32_t));
+        if (err != cudaSuccess) {
+            state_free(st);
+            return cuda_fail(err, "scheduler counters");
         }
     }
     // The shared-memory opt-in is a per-device property of each kernel; the occupancy follows it.
@@ -572,14 +582,17 @@ static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t k
     return (int32_t)(w > 1 ? w : 1);
 }
 
-// The persistent wgmma kernel's grid (cuda_attn_params.ctas): $FA3C_CUDA_CTAS, else SMs x resident
-// CTAs where every work item has the same keys, else 0 (a CTA per item, started in id order by
-// the hardware as CTAs finish: the items in flight stay consecutive). Same keys: no causal, local
-// or chunk mask and one length for every sequence (not varlen: no cu_seqlens, seqused or leftpad).
-static int32_t persistent_ctas(const cuda_state *st, const fa3c_problem *p, int32_t kernel_id) {
-    if (st->ctas >= 0) return st->ctas;
+// The persistent wgmma kernel's grid (cuda_attn_params.ctas, sched): $FA3C_CUDA_CTAS, else SMs x
+// resident CTAs. Where every work item has the same keys (no causal, local or chunk mask, one
+// length for every sequence: not varlen, no cu_seqlens, seqused or leftpad) CTA c takes items c, c
+// + ctas, ...; otherwise the CTAs take the next item in id order from a counter as they finish one
+// (the longest m-blocks of a head first, the heads in order: the items in flight share K/V in L2).
+static int32_t persistent_ctas(const cuda_state *st, const fa3c_problem *p, const cuda_attn_kernel *k, int32_t kernel_id,
+                               uint32_t **sched) {
     const bool same_keys = !p->is_causal && !p->is_local && p->chunk == 0 && !p->is_varlen;
-    return same_keys ? st->num_sm * st->occupancy[kernel_id] : 0;
+    const int32_t ctas = st->ctas >= 0 ? st->ctas : st->num_sm * st->occupancy[kernel_id];
+    *sched = k->sm90 && !k->qv && !same_keys && ctas > 0 ? st->sched : NULL;
+    return ctas;
 }
 
 // One bulk-copy tensor map of t (b, s, heads, d) / (total, heads, d): dims (d, rows, heads,
@@ -829,7 +842,7 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
     ap.counts = counts;
     ap.cluster = cluster;
     if (W == 1 || fused) ap.meta = mc; // the attention kernel writes out and lse
-    if (!simple) ap.ctas = persistent_ctas(cst, p, choice->kernel);
+    if (!simple) ap.ctas = persistent_ctas(cst, p, kern, choice->kernel, &ap.sched);
     if (simple) FA3C_TRY(run_simple(p, &ap, stream));
     else if (ap.num_m_blocks > 0) {
         cuda_tma tma;

@@ -41,6 +41,7 @@ typedef struct cuda_state {
     void   *tma_encode; // the driver's cuTensorMapEncodeTiled (sm90 only; NULL: no TMA)
     int     ctas;       // $FA3C_CUDA_CTAS: the persistent kernel's grid (-1: unset; 0: a CTA per item)
     int     wide;       // $FA3C_CUDA_WIDE != 0: unpaged problems may run wide-tile kernels (wide_min_keys)
+    uint32_t *sched;    // (2,) the persistent wgmma kernel's item counters (sm90): zero between forwards
 } cuda_state;
 
 // How a forward with S > 1 and no out_accum spreads the keys over CTAs ($FA3C_CUDA_SPLIT):
@@ -426,6 +427,9 @@ typedef struct cuda_attn_params {
                                            // num_splits CTAs through shared memory instead (counts NULL)
     cuda_meta_check meta;                  // checked when out/lse are written here
     int32_t ctas;                          // the persistent wgmma kernel's grid (0: a CTA per work item)
+    uint32_t *sched;                       // (2,) its dynamic schedule's counters (next item, CTAs
+                                           // done; zero at launch, re-armed by the last CTA), or NULL:
+                                           // CTA c takes items c, c + ctas, ...
     const float *q_ds, *k_ds, *v_ds;       // (b, h_k) descales (e4m3 only), NULL: 1
     int64_t qd_sb, qd_sh, kd_sb, kd_sh, vd_sb, vd_sh;
 } cuda_attn_params;
