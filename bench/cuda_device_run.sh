@@ -17,7 +17,8 @@
 #   sass      registers, spills and instruction counts (HGMMA, HMMA, local memory) of the kernels
 #   sanitize  compute-sanitizer memcheck and initcheck over every $SANITIZE_EVERY-th test_cuda case
 #             and the graph tests, memcheck over test_repeat (2 repeats); racecheck over every
-#             $RACE_EVERY-th (16) case and the graph tests, under $RACE_ENV (e.g. FA3C_CUDA_CTAS=3);
+#             $RACE_EVERY-th (16) case and the graph tests, under $RACE_ENV (default FA3C_CUDA_CTAS=0:
+#             racecheck reports the dynamic schedule's id hand-over, see cuda_attn_sm90.cu);
 #             $SAN_MATCH keeps the test_cuda cases whose name holds it (e.g. "causal", "e4m3")
 #   bench     tools/bench_cuda.c ($BENCH_WHAT, comma-separated sections, default all): prefill, fp8 prefill next to bf16, and
 #             decode and MLA decode once per split mode in $SPLIT_MODES; prefill again with
@@ -36,6 +37,9 @@
 #             kernel) in bench section $NCU_WHAT (default prefill) after $NCU_SKIP (default 150)
 #             such launches: throughput and warp-state sections, then stall reasons per SASS
 #             instruction (CSV); file names end in $NCU_TAG
+#   ncu_mla   the first MLA launch of each shape in $NCU_MLA (batch:kv:page_size:s_q, space-separated;
+#             default batch 64, page 64, s_q 1 at 4k and 16k keys) under Nsight Compute, warm
+#             caches and free clocks, every section
 #   ncu_times every prefill launch's duration, the first decode launches, and full profiles of
 #             three launches (d 128 / 256 at s 512, decode batch 1 / 1k)
 # Logs go under $OUT (the device tool's result folder); a summary goes
@@ -135,8 +139,8 @@ if [[ $steps == *,sanitize,* ]]; then
     FA3C_REPEAT=2 timeout ${T_SAN:-200} compute-sanitizer --tool memcheck --error-exitcode 9 \
         "./$BUILD/tests/test_repeat" >> "$OUT/sanitizer.log" 2>&1 || rc=1
     sed -n '/=== memcheck test_repeat/,$p' "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|test_repeat:|FAIL" | tail -4
-    echo "=== racecheck test_cuda ${RACE_ENV:-}" >> "$OUT/sanitizer.log"
-    env ${RACE_ENV:-} FA3C_TEST_CUDA_MATCH=${SAN_MATCH:-} FA3C_TEST_CUDA_EVERY=${RACE_EVERY:-16} timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
+    echo "=== racecheck test_cuda ${RACE_ENV:-FA3C_CUDA_CTAS=0}" >> "$OUT/sanitizer.log"
+    env ${RACE_ENV:-FA3C_CUDA_CTAS=0} FA3C_TEST_CUDA_MATCH=${SAN_MATCH:-} FA3C_TEST_CUDA_EVERY=${RACE_EVERY:-16} timeout ${T_RACE:-150} compute-sanitizer --tool racecheck --error-exitcode 9 \
         "./$BUILD/tests/test_cuda" >> "$OUT/sanitizer.log" 2>&1 || rc=1
     sed -n '/=== racecheck test_cuda/,$p' "$OUT/sanitizer.log" | grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test_cuda:|FAIL" | tail -4
     stamp "racecheck done"
@@ -207,6 +211,16 @@ if [[ $steps == *,ncu_times,* ]]; then # every prefill launch's duration; the fi
     timeout ${T_NCU:-200} ncu --set full --launch-skip 5 --launch-count 1 \
         "./$BUILD/fa3c_bench_cuda" decode 34 fill > "$OUT/ncu_full_decode_b1.txt" 2>&1 || rc=1
     stamp "ncu_times done"
+fi
+if [[ $steps == *,ncu_mla,* ]]; then
+    for shape in ${NCU_MLA:-64:4096:64:1 64:16384:64:1}; do
+        f="$OUT/ncu_mla_${shape//:/_}.txt"
+        FA3C_BENCH_MLA=$shape timeout ${T_NCU:-120} ncu --kernel-name regex:mla --launch-count 1 \
+            --cache-control none --clock-control none --set full \
+            "./$BUILD/fa3c_bench_cuda" mla 34 fill > "$f" 2>&1 || rc=1
+        grep -E "Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Warp Cycles Per Issued" "$f" | head -8
+    done
+    stamp "ncu_mla done"
 fi
 if [[ $steps == *,ncu_decode,* ]]; then
     first=1

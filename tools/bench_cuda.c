@@ -23,6 +23,8 @@
  *            and as SGLang's views of one 576-wide row ("fused": v dims 0..511, k 512..575). From a
  *            CUDA graph, per split mode like decode; TFLOP/s with 2 h s_q s_k (d + 2 dv) per
  *            sequence, K/V bytes read per second and their ratio to the copy.
+ *            $FA3C_BENCH_MLA=batch:kv:page_size:s_q runs that shape alone (any KV length; split
+ *            layout), so a profiler's launch count can reach it.
  * Rows of fp8 and mla name the kernel the backend chose. Times are medians of repeated event-timed
  * runs after a warm-up. Inputs are random (a 64 MiB random block replicated over the cache; for
  * e4m3, random bytes with the top exponent bit clear: finite, |x| < 2).
@@ -389,11 +391,24 @@ static void bench_fp8(fa3c_context *ctx, cudaStream_t st, const void *rnd, const
 static void bench_mla(fa3c_context *ctx, cudaStream_t st, const void *rnd, double copy_bw, double max_gib,
                       const char *mode) {
     const int64_t h = 128, d = 64, dv = 512, row = d + dv, max_b = 128, max_sq = 2;
-    const int64_t batches[] = {64, 128}, kvs[] = {4096, 16384}, pages[] = {1, 64}, sqs[] = {1, 2};
+    int64_t batches[] = {64, 128}, kvs[] = {4096, 16384}, pages[] = {1, 64}, sqs[] = {1, 2};
+    int n = 2, layouts = 2; /* per dimension; layouts: split, then fused */
+    const char *env = getenv("FA3C_BENCH_MLA");
+    if (env) {
+        long long v[4];
+        if (sscanf(env, "%lld:%lld:%lld:%lld", &v[0], &v[1], &v[2], &v[3]) != 4 || v[0] < 1 || v[0] > max_b ||
+            v[1] < 1 || v[2] < 1 || v[1] % v[2] || v[3] < 1 || v[3] > max_sq) {
+            fprintf(stderr, "FA3C_BENCH_MLA=%s: expected batch (<= 128):kv:page_size (dividing kv):s_q (<= 2)\n",
+                    env);
+            exit(2);
+        }
+        batches[0] = v[0], kvs[0] = v[1], pages[0] = v[2], sqs[0] = v[3];
+        n = 1, layouts = 1;
+    }
     size_t cap = (size_t)(max_gib * (double)(1u << 30));
     int64_t max_tokens = 0;
-    for (int bi = 0; bi < 2; bi++)
-        for (int ki = 0; ki < 2; ki++) {
+    for (int bi = 0; bi < n; bi++)
+        for (int ki = 0; ki < n; ki++) {
             int64_t tokens = batches[bi] * kvs[ki];
             if ((size_t)tokens * row * 2 <= cap && tokens > max_tokens) max_tokens = tokens;
         }
@@ -411,11 +426,11 @@ static void bench_mla(fa3c_context *ctx, cudaStream_t st, const void *rnd, doubl
     fill_random(q, (size_t)(max_b * max_sq * h * d * 2), rnd, 12288);
     fill_random(qv, qv_bytes, rnd, 16384);
     int32_t *host = malloc((size_t)max_tokens * 4);
-    for (int fused = 0; fused <= 1; fused++)
-        for (int bi = 0; bi < 2; bi++)
-            for (int ki = 0; ki < 2; ki++)
-                for (int pi = 0; pi < 2; pi++)
-                    for (int si = 0; si < 2; si++) {
+    for (int fused = 0; fused < layouts; fused++)
+        for (int bi = 0; bi < n; bi++)
+            for (int ki = 0; ki < n; ki++)
+                for (int pi = 0; pi < n; pi++)
+                    for (int si = 0; si < n; si++) {
                         int64_t b = batches[bi], kv = kvs[ki], ps = pages[pi], sq = sqs[si], tokens = b * kv;
                         if (tokens > max_tokens) continue;
                         size_t kv_bytes = (size_t)tokens * row * 2; /* K and V */
