@@ -487,45 +487,84 @@ __device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq
     return corr;
 }
 
-// One finished row (token tok, head hq): out and lse, or split `split`'s partial. o (COLS,)
-// columns col .. col + COLS - 1 (unnormalised; times o_scale, the e4m3 v descale, else 1), m in
-// log2 units. COLS: 2 or 4 (one 8- / 16-byte store where the address allows it; out rows hold
-// whole 4-byte pairs). poison: the metadata check failed, out and lse get NaN.
+// Where a finished row (token tok, head hq) goes: out's row, or split `split`'s partial row (fp32)
+// when num_splits > 1, with the factor its unnormalised O is multiplied by (o_scale / l; o_scale:
+// the e4m3 v descale, else 1) and its lse (natural log; m in log2 units), and where the lse goes
+// (NULL: nowhere). poison: the metadata check failed, a final row gets NaN for both.
+struct attn_row_dst {
+    float *acc;     // the partial's row (num_splits > 1)
+    uint16_t *out;  // out's row (num_splits == 1)
+    float *lse_at;
+    float inv, lse;
+};
+__device__ __forceinline__ attn_row_dst attn_row_dst_of(const cuda_attn_params &p, int bi, int64_t tok, int hq,
+                                                        int split, float m, float l, float o_scale, bool poison) {
+    attn_row_dst r;
+    r.lse = l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
+    r.inv = l > 0.0f ? o_scale / l : 0.0f;
+    if (p.num_splits > 1) {
+        r.acc = p.oacc + split * p.oa_ss + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr;
+        r.out = NULL;
+        r.lse_at = p.lacc + split * p.la_ss + bi * p.la_sb + hq * p.la_sh + tok * p.la_sr;
+    } else {
+        if (poison) r.lse = r.inv = NAN;
+        r.acc = NULL;
+        r.out = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh;
+        r.lse_at = p.lse ? p.lse + bi * p.l_sb + hq * p.l_sh + tok * p.l_sr : NULL;
+    }
+    return r;
+}
+
+// Columns col .. col + COLS - 1 (COLS 2 or 4, col even) of a finished row, o unnormalised, into
+// its partial row (num_splits > 1) or out's row: one 8- / 16-byte store where the row's alignment
+// allows it (out rows hold whole 4-byte pairs).
+template <int COLS>
+__device__ __forceinline__ void attn_put_partial(const attn_row_dst &r, int col, const float *o) {
+    static_assert(COLS == 2 || COLS == 4, "column pairs");
+    float *dst = r.acc + col;
+    if (COLS == 4 && ((uintptr_t)dst & 15) == 0) {
+        *(float4 *)dst = make_float4(o[0] * r.inv, o[1] * r.inv, o[2] * r.inv, o[3] * r.inv);
+    } else if (COLS == 2 && ((uintptr_t)r.acc & 7) == 0) {
+        *(float2 *)dst = make_float2(o[0] * r.inv, o[1] * r.inv);
+    } else {
+#pragma unroll
+        for (int e = 0; e < COLS; e++) dst[e] = o[e] * r.inv;
+    }
+}
+template <int BF, int COLS>
+__device__ __forceinline__ void attn_put_out(const attn_row_dst &r, int col, const float *o) {
+    static_assert(COLS == 2 || COLS == 4, "column pairs");
+    uint16_t *dst = r.out + col;
+    uint32_t w[COLS / 2];
+#pragma unroll
+    for (int e = 0; e < COLS / 2; e++) w[e] = cuda_pack2<BF>(o[2 * e] * r.inv, o[2 * e + 1] * r.inv);
+    if (COLS == 4 && ((uintptr_t)dst & 7) == 0) {
+        *(uint2 *)dst = make_uint2(w[0], w[COLS / 2 - 1]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < COLS / 2; e++) *(uint32_t *)(dst + 2 * e) = w[e];
+    }
+}
+
+// One finished row (token tok, head hq), columns col .. col + COLS - 1, and its lse when
+// write_lse.
 template <int BF, int COLS>
 __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi, int64_t tok, int hq, int split,
                                                int col, const float *o, float m, float l, float o_scale,
                                                bool write_lse, bool poison) {
-    static_assert(COLS == 2 || COLS == 4, "column pairs");
-    float lse = l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
-    float inv = l > 0.0f ? o_scale / l : 0.0f;
-    if (poison && p.num_splits == 1) lse = inv = NAN;
-    if (p.num_splits > 1) {
-        float *dst = p.oacc + split * p.oa_ss + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr + col;
-        if (COLS == 4 && ((uintptr_t)dst & 15) == 0) {
-            *(float4 *)dst = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
-        } else {
-#pragma unroll
-            for (int e = 0; e < COLS; e++) dst[e] = o[e] * inv;
-        }
-        if (write_lse) p.lacc[split * p.la_ss + bi * p.la_sb + hq * p.la_sh + tok * p.la_sr] = lse;
-    } else {
-        uint16_t *dst = (uint16_t *)p.out + bi * p.o_sb + tok * p.o_sr + hq * p.o_sh + col;
-        uint32_t w[COLS / 2];
-#pragma unroll
-        for (int e = 0; e < COLS / 2; e++) w[e] = cuda_pack2<BF>(o[2 * e] * inv, o[2 * e + 1] * inv);
-        if (COLS == 4 && ((uintptr_t)dst & 7) == 0) {
-            *(uint2 *)dst = make_uint2(w[0], w[COLS / 2 - 1]);
-        } else {
-#pragma unroll
-            for (int e = 0; e < COLS / 2; e++) *(uint32_t *)(dst + 2 * e) = w[e];
-        }
-        if (write_lse && p.lse) p.lse[bi * p.l_sb + hq * p.l_sh + tok * p.l_sr] = lse;
-    }
+    const attn_row_dst r = attn_row_dst_of(p, bi, tok, hq, split, m, l, o_scale, poison);
+    if (p.num_splits > 1) attn_put_partial<COLS>(r, col, o);
+    else attn_put_out<BF, COLS>(r, col, o);
+    if (write_lse && r.lse_at) *r.lse_at = r.lse;
 }
 
 // The finished rows e = 0, 1 of one m16 tile (as in attn_softmax_scores; l summed over the 4 lanes
-// of a row) holding output columns col0 .. col0 + 8 OT - 1 (times o_scale): the sink folded in
-// (sink), then out and lse (when with_lse), or the slot's partial, of valid rows.
+// of a row) holding output columns col0 .. col0 + 8 OT - 1 (col0 even; times o_scale): the sink
+// folded in (sink), then out and lse (when with_lse), or the slot's partial, of valid rows. A
+// row's destination and factor once, then only the stores: the epilogue runs on the consumer
+// warps alone, so its instruction count is latency (H100: per store, the MLA kernel's epilogue was
+// 4k instructions a warp, 60 us of a launch at any KV length; MLA 4k 392 -> 479 TFLOP/s, prefill
+// d 128 at 512 keys 1.16-1.20x).
 template <int BF, int OT>
 __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int bi, int q_offset, int split,
                                                 const bool *valid, const int *tok, const int *hq, float (&o)[OT][4],
@@ -543,13 +582,19 @@ __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int b
                 o[ot][h2 + 1] *= corr;
             }
         }
+        const attn_row_dst r =
+            attn_row_dst_of(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, m[ri], l[ri], o_scale, poison);
+        const int c0 = col0 + 2 * (lane & 3);
+        if (p.num_splits > 1) {
 #pragma unroll
-        for (int ot = 0; ot < OT; ot++) {
-            int col = col0 + ot * 8 + 2 * (lane & 3);
-            if (col < p.dv)
-                attn_store_row<BF, 2>(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, col, &o[ot][h2], m[ri], l[ri],
-                                   o_scale, with_lse && ot == 0 && (lane & 3) == 0, poison);
+            for (int ot = 0; ot < OT; ot++)
+                if (c0 + ot * 8 < p.dv) attn_put_partial<2>(r, c0 + ot * 8, &o[ot][h2]);
+        } else {
+#pragma unroll
+            for (int ot = 0; ot < OT; ot++)
+                if (c0 + ot * 8 < p.dv) attn_put_out<BF, 2>(r, c0 + ot * 8, &o[ot][h2]);
         }
+        if (with_lse && (lane & 3) == 0 && r.lse_at) *r.lse_at = r.lse;
     }
 }
 
