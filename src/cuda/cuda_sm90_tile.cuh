@@ -59,9 +59,14 @@ __device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cu
 // d = 128 and 80 for d = 256; e4m3 d = 128, 192 (FA3: 224, which V^T's 64-key blocks do not divide).
 __host__ __device__ constexpr int sm90_block_n_wide(int hd, int fp8) { return fp8 ? 192 : hd <= 128 ? 176 : 80; }
 
-// Unrolling of the producer's cp.async gathers of rows of hd elements, as far as its registers
+// Rows at a time of the producer's cp.async gathers of rows of hd elements, as far as its registers
 // (setmaxnreg's pregs) allow.
 __host__ __device__ constexpr int sm90_gather_unroll(int pregs, int hd) { return pregs <= 56 ? 1 : hd >= 256 ? 2 : 4; }
+
+// The producer's cp.async gathers walk rows: thread t copies chunk t % 8 of every 64-column block
+// of rows t / 8, t / 8 + 16, ..., so a row's address is computed once for all its chunks (the
+// page lookup, the packed row's (token, head)), and a warp instruction moves 4 rows x 128 bytes.
+// The tile's rows are a multiple of 16.
 
 // Producer: the BM query-side rows row0 .. of a tile from `base` (q, or qv: (b, s_q, h, x) with
 // strides sb, sr, sh; packed rows R map to (token, head) as attn_row does); rows >= rows and
@@ -70,17 +75,20 @@ template <int HD, int BM, int UNROLL>
 __device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
                                             int64_t sb, int64_t sr, int64_t sh, int width, int bi, int head, int hk,
                                             int g, int row0, int rows, uint32_t dst, int ptid) {
-    constexpr int CPR = HD / 8;
+    const int q = ptid & 7;
 #pragma unroll UNROLL
-    for (int idx = ptid; idx < BM * CPR; idx += 128) {
-        int r = idx / CPR, c = idx % CPR, R = row0 + r, i = 0, hq = 0;
-        bool v = R < rows && c * 8 < width;
-        const uint16_t *src = base;
-        if (v) {
-            attn_row(p, R, g, head, hk, &i, &hq);
-            src += (int64_t)bi * sb + (int64_t)(sl.q_offset + i) * sr + (int64_t)hq * sh + c * 8;
+    for (int r = ptid >> 3; r < BM; r += 16) {
+        const int R = row0 + r;
+        const bool v = R < rows;
+        int i = 0, hq = 0;
+        if (v) attn_row(p, R, g, head, hk, &i, &hq);
+        const uint16_t *src = base + (int64_t)bi * sb + (int64_t)(sl.q_offset + i) * sr + (int64_t)hq * sh + q * 8;
+        const uint32_t d = dst + sm90_swizzle(r, q, BM);
+#pragma unroll
+        for (int cb = 0; cb < HD / 64; cb++) {
+            const bool vc = v && cb * 64 + q * 8 < width;
+            cuda_cp_async16(d + cb * BM * 128, vc ? src + cb * 64 : base, vc);
         }
-        cuda_cp_async16(dst + sm90_swizzle(r, c, BM), src, v);
     }
 }
 
@@ -90,15 +98,20 @@ template <int HD, int BN, int UNROLL>
 __device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cuda_seqlens &sl, const uint16_t *base,
                                              int64_t sb, int64_t sr, int width, int k0, int kmax,
                                              const int32_t *pages, uint32_t dst, int ptid) {
-    constexpr int CPR = HD / 8;
+    const int q = ptid & 7;
 #pragma unroll UNROLL
-    for (int idx = ptid; idx < BN * CPR; idx += 128) {
-        int rr = idx / CPR, c = idx % CPR, j = k0 + rr, x, y;
-        bool v = j < kmax;
+    for (int rr = ptid >> 3; rr < BN; rr += 16) {
+        const int j = k0 + rr;
+        const bool v = j < kmax;
+        int x, y;
         attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
-        v = v && c * 8 < width;
-        const uint16_t *src = v ? base + (int64_t)x * sb + (int64_t)y * sr + c * 8 : base;
-        cuda_cp_async16(dst + sm90_swizzle(rr, c, BN), src, v);
+        const uint16_t *src = base + (int64_t)x * sb + (int64_t)y * sr + q * 8;
+        const uint32_t d = dst + sm90_swizzle(rr, q, BN);
+#pragma unroll
+        for (int cb = 0; cb < HD / 64; cb++) {
+            const bool vc = v && cb * 64 + q * 8 < width;
+            cuda_cp_async16(d + cb * BN * 128, vc ? src + cb * 64 : base, vc);
+        }
     }
 }
 
