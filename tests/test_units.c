@@ -690,6 +690,28 @@ static void forward_with_metadata(void) {
 }
 
 /* ----------------------------------------------------------------------------------------- */
+/* The cuda decode shape's slots (fa3c_decode_slots' worked examples) */
+
+static void decode_slots(void) {
+    check(fa3c_decode_slots(16, 16) == 8, "decode slots: 1k keys (16 tiles), bound 16 -> 8 of 2 tiles");
+    check(fa3c_decode_slots(64, 33) == 16, "decode slots: 4k keys (64 tiles), bound 33 -> 16 of 4 tiles");
+    check(fa3c_decode_slots(256, 33) == 32, "decode slots: 16k keys, bound 33 -> 32 of 8 tiles (even split)");
+    check(fa3c_decode_slots(1024, 33) == 32, "decode slots: 64k keys, bound 33 -> 32 of 32 tiles");
+    check(fa3c_decode_slots(64, 2) == 2 && fa3c_decode_slots(1024, 1) == 1, "decode slots: a full GPU keeps its bound");
+    check(fa3c_decode_slots(1, 1) == 1 && fa3c_decode_slots(3, 3) == 3, "decode slots: short caches, a tile a slot");
+    check(fa3c_decode_slots(17, 17) == 9, "decode slots: 17 tiles, n = round(sqrt(17) / 2) = 2 -> 9 slots");
+    for (int64_t t = 1; t <= 4096; t++)
+        for (int64_t w = 1; w <= t && w <= 256; w += 7) {
+            const int64_t s = fa3c_decode_slots(t, w), n = (t + s - 1) / s;
+            if (s < 1 || s > w || n * s < t || n * (s - 1) >= t) {
+                check(false, "decode slots: within the bound, covering the tiles, none empty");
+                return;
+            }
+        }
+    check(true, "decode slots: within the bound, covering the tiles, none empty (t <= 4096)");
+}
+
+/* ----------------------------------------------------------------------------------------- */
 /* Work-item owners (the CPU backends' item -> sequence map) */
 
 static void item_owners(void) {
@@ -705,6 +727,7 @@ int main(void) {
     item_owners();
     tiles();
     splits();
+    decode_slots();
     heuristic_inputs();
     windows();
 

@@ -20,6 +20,28 @@ static int64_t headdim_bucket(int64_t d) {
 }
 
 /*
+ * Slots of the cuda backend's decode shape in pieces mode (CTAs that share one (sequence, head)'s
+ * keys and combine their partials after), fa3c's own rule, not FA3's. w bounds them (one pass of
+ * resident CTAs, at most one slot a key tile). More slots shorten each slot's run of tiles but
+ * lengthen the combine (every slot's partial is read back; past a thread block cluster's 8 slots
+ * the arrivals go through global memory) and, past one CTA an SM, make slots share SMs. So a slot
+ * takes n = max(ceil(tiles / w), round(sqrt(tiles) / 2)) tiles, and the fewest slots that cover
+ * the tiles at n each, ceil(tiles / n): no slot left empty (an empty one still costs its partial).
+ *
+ * Worked examples (H100, 132 SMs, batch 1, 32 / 8 heads, d 128, 64-key tiles, w = 33; session 8,
+ * one call, two runs each): 1k keys, 16 tiles: n = 2, 8 slots, 10.0 us (16 slots 10.5; 4 slots
+ * 11.7; 6, 10 or 12 slots, some with fewer tiles or none, 10.9-11.3); 4k, 64 tiles: n = 4, 16
+ * slots, 13.5 us (33 slots 15.0; 20, the same n with 4 empty, 15.2; 8 slots 15.8); 16k, 256
+ * tiles: n = 8, 32 slots, 1953 GB/s (33 slots, the same n, 1915). Batch 16 (w = 2) and up:
+ * n = ceil(tiles / w), unchanged.
+ */
+int64_t fa3c_decode_slots(int64_t tiles, int64_t w) {
+    if (tiles < 1 || w < 1) return w < 1 ? 1 : w;
+    int64_t n = max64(ceil_div(tiles, w), (int64_t)(sqrt((double)tiles) / 2.0 + 0.5));
+    return ceil_div(tiles, n);
+}
+
+/*
  * kBlockM x kBlockN of the SM90 forward kernel for head dims (d, dv). The block sizes are the
  * largest that fit shared memory and registers; causal/local/paged-non-TMA variants use a
  * narrower kBlockN because their masking or page gathers cost registers.

@@ -169,6 +169,8 @@ fa3c_tile fa3c_tile_size_sm90(int64_t d, int64_t dv, bool is_causal, bool is_loc
 int32_t fa3c_num_splits_heuristic(int64_t total_mblocks, int32_t num_sm, int64_t num_n_blocks,
                                   int64_t num_m_blocks, int64_t size_one_kv_head, bool is_causal_or_local,
                                   int32_t max_splits);
+/* fa3c's own (not FA3's): split slots of the cuda decode shape in pieces mode, w bounding them. */
+int64_t fa3c_decode_slots(int64_t tiles, int64_t w);
 /* FA3 should_pack_gqa. */
 bool fa3c_should_pack_gqa(bool varlen_q, int64_t seqlen_q, int64_t qhead_per_khead, int32_t block_m);
 

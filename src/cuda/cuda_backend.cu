@@ -570,7 +570,9 @@ static fa3c_status metadata_expect(const fa3c_problem *p, cuda_meta_check *mc) {
 
 // Slots (CTAs per sequence, head and m-block) of a split forward in pieces mode: one pass of
 // resident CTAs over the GPU (W = SMs x CTAs an SM holds / CTAs of one slot), at least S in max
-// mode, at most one per tile of the longest sequence and 256 (the combine's limit).
+// mode, at most one per tile of the longest sequence and 256 (the combine's limit); for the
+// decode shape outside max mode, fewer where each would get a short run of tiles
+// (fa3c_decode_slots).
 static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t kernel_id, const cuda_attn_kernel *k,
                           int64_t num_m) {
     int64_t base = p->b * (p->pack_gqa ? p->h_k : p->h) * num_m;
@@ -579,7 +581,9 @@ static int32_t pieces_for(const cuda_state *st, const fa3c_problem *p, int32_t k
     int64_t tiles = (p->s_k + k->block_n - 1) / k->block_n;
     if (w > tiles) w = tiles;
     if (w > 256) w = 256;
-    return (int32_t)(w > 1 ? w : 1);
+    if (w < 1) w = 1;
+    if (k->decode && st->split_mode != CUDA_SPLIT_MAX) w = fa3c_decode_slots(tiles, w);
+    return (int32_t)w;
 }
 
 // The persistent wgmma kernel's grid (cuda_attn_params.ctas, sched): $FA3C_CUDA_CTAS, else SMs x
