@@ -66,7 +66,6 @@ __host__ __device__ constexpr int sm90_gather_unroll(int pregs, int hd) { return
 // The producer's cp.async gathers walk rows: thread t copies chunk t % 8 of every 64-column block
 // of rows t / 8, t / 8 + 16, ..., so a row's address is computed once for all its chunks (the
 // page lookup, the packed row's (token, head)), and a warp instruction moves 4 rows x 128 bytes.
-// The tile's rows are a multiple of 16.
 
 // Producer: the BM query-side rows row0 .. of a tile from `base` (q, or qv: (b, s_q, h, x) with
 // strides sb, sr, sh; packed rows R map to (token, head) as attn_row does); rows >= rows and
