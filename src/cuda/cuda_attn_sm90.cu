@@ -588,8 +588,9 @@ template <int HD, int BF, int BN> static cudaError_t sm90_occupancy(int *ctas_pe
 }
 
 #define SM90_KERNEL(HD, BF, BN, NAME)                                                                                 \
-    {HD, HD, BF == 1, BF == 2, 0, 1, 0, BN == sm90_block_n_wide(HD, BF == 2), NAME, sm90_smem_bytes(HD, BF == 2, BN),         \
-     sm90_block_m(HD, BF == 2), BN, sm90_launch<HD, BF, BN>, sm90_prepare<HD, BF, BN>, sm90_occupancy<HD, BF, BN>}
+    {HD, HD, BF == 1, BF == 2, 0, 1, 0, BN == sm90_block_n_wide(HD, BF == 2), NAME,                                   \
+     sm90_smem_bytes(HD, BF == 2, BN), sm90_block_m(HD, BF == 2), BN, sm90_launch<HD, BF, BN>, sm90_prepare<HD, BF, BN>, \
+     sm90_occupancy<HD, BF, BN>}
 
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
     SM90_KERNEL(64, 1, 128, "wgmma_sm90_d64_bf16"),

@@ -66,6 +66,19 @@ __host__ __device__ constexpr int sm90_gather_unroll(int pregs, int hd) { return
 // The producer's cp.async gathers walk rows: thread t copies chunk t % 8 of every 64-column block
 // of rows t / 8, t / 8 + 16, ..., so a row's address is computed once for all its chunks (the
 // page lookup, the packed row's (token, head)), and a warp instruction moves 4 rows x 128 bytes.
+// One row's share (chunk q of each of the HD / 64 column blocks): from src (the row at chunk q;
+// valid: the row exists) into row r of a swizzled tile of `rows` rows at dst, columns >= width
+// zero-filled (base: any readable address for the zero fills).
+template <int HD>
+__device__ __forceinline__ void sm90_copy_row(uint32_t dst, int rows, int r, int q, const uint16_t *src,
+                                              const uint16_t *base, bool valid, int width) {
+    const uint32_t d = dst + sm90_swizzle(r, q, rows);
+#pragma unroll
+    for (int cb = 0; cb < HD / 64; cb++) {
+        const bool vc = valid && cb * 64 + q * 8 < width;
+        cuda_cp_async16(d + cb * rows * 128, vc ? src + cb * 64 : base, vc);
+    }
+}
 
 // Producer: the BM query-side rows row0 .. of a tile from `base` (q, or qv: (b, s_q, h, x) with
 // strides sb, sr, sh; packed rows R map to (token, head) as attn_row does); rows >= rows and
@@ -82,12 +95,7 @@ __device__ __forceinline__ void sm90_load_q(const cuda_attn_params &p, const cud
         int i = 0, hq = 0;
         if (v) attn_row(p, R, g, head, hk, &i, &hq);
         const uint16_t *src = base + (int64_t)bi * sb + (int64_t)(sl.q_offset + i) * sr + (int64_t)hq * sh + q * 8;
-        const uint32_t d = dst + sm90_swizzle(r, q, BM);
-#pragma unroll
-        for (int cb = 0; cb < HD / 64; cb++) {
-            const bool vc = v && cb * 64 + q * 8 < width;
-            cuda_cp_async16(d + cb * BM * 128, vc ? src + cb * 64 : base, vc);
-        }
+        sm90_copy_row<HD>(dst, BM, r, q, src, base, v, width);
     }
 }
 
@@ -104,13 +112,7 @@ __device__ __forceinline__ void sm90_load_kv(const cuda_attn_params &p, const cu
         const bool v = j < kmax;
         int x, y;
         attn_cache_pos(p, sl, j, p.page_table && v ? pages[rr] : 0, &x, &y);
-        const uint16_t *src = base + (int64_t)x * sb + (int64_t)y * sr + q * 8;
-        const uint32_t d = dst + sm90_swizzle(rr, q, BN);
-#pragma unroll
-        for (int cb = 0; cb < HD / 64; cb++) {
-            const bool vc = v && cb * 64 + q * 8 < width;
-            cuda_cp_async16(d + cb * BN * 128, vc ? src + cb * 64 : base, vc);
-        }
+        sm90_copy_row<HD>(dst, BN, rr, q, base + (int64_t)x * sb + (int64_t)y * sr + q * 8, base, v, width);
     }
 }
 
