@@ -12,7 +12,7 @@
  * ("_mla"), and everywhere some e4m3 cases the tensor-core kernels.
  * Then a decode step captured into a CUDA graph and replayed with new lengths (graph_decode), in
  * each split mode of the backend ($FA3C_CUDA_SPLIT exact and fill).
- * Without a CUDA device: "test_cuda: 0 passed, 0 failed, N skipped" and exit 0.
+ * Without a CUDA device: "test_cuda: 0 passed, 0 failed, N skipped" and exit 77 (ctest: skipped).
  * FA3C_TEST_CUDA_EVERY=n runs every n-th case only (for slow runs under compute-sanitizer),
  * FA3C_TEST_CUDA_MATCH=s the cases whose name holds s.
  */
@@ -529,7 +529,7 @@ int main(void) {
     if (ci < 0 || !fa3c_backend_available(ci)) {
         printf("test_cuda: %s\n", ci < 0 ? "built without the cuda backend" : "no CUDA device");
         printf("test_cuda: 0 passed, 0 failed, %d skipped\n", l.n + 1 + GRAPH_TESTS);
-        return 0;
+        return 77;
     }
     fa3c_context *cuda = NULL, *ref = NULL;
     fa3c_context_options opt;
