@@ -512,8 +512,98 @@ static bool graph_decode(fa3c_context *ref, const char *split_mode, char *msg, s
     if (st) cudaStreamDestroy(st);
     return ok;
 }
+
+/*
+ * Forwards through one context queued on two streams with no host synchronisation between them
+ * (as the Python package does when torch's current stream changes): a causal prefill (the
+ * persistent kernel's work-item counter) and a split decode (the workspace's partials and arrival
+ * counters), round r running the prefill on stream r % 2 and the decode on the other, each into an
+ * output buffer of its own. Every output must equal, bit for bit, the same forward run alone first.
+ */
+#define STREAM_ROUNDS 6
+static bool two_streams(char *msg, size_t n) {
+    tu_prepared p[2];
+    int prepared = 0;
+    bool ok = true;
+    cudaStream_t st[2] = {NULL, NULL};
+    fa3c_context *ctx = NULL;
+    void *outs[2][STREAM_ROUNDS + 1];
+    memset(outs, 0, sizeof outs);
+    uint8_t *host[2] = {NULL, NULL};
+    size_t bytes[2] = {0, 0};
+    fa3c_fwd_args a[2];
+    snprintf(msg, n, "setup failed");
+    for (int c = 0; c < 2 && ok; c++) {
+        tu_case k;
+        tu_case_init(&k);
+        if (c == 0) k.mode = TU_BATCHED, k.b = 2, k.s_q = 900, k.s_k = 1300, k.h = 4, k.h_k = 2, k.causal = true;
+        else k.mode = TU_KVCACHE, k.b = 2, k.s_q = 1, k.s_k = 4000, k.h = 32, k.h_k = 8, k.num_splits = 0;
+        k.d = k.dv = 128, k.seed = 7300u + (uint64_t)c;
+        tu_case_describe(&k, "streams ");
+        ok = tu_prepare(&k, &p[c]) == 0;
+        prepared += ok;
+    }
+    for (int i = 0; i < 2 && ok; i++) ok = cudaStreamCreateWithFlags(&st[i], cudaStreamNonBlocking) == cudaSuccess;
+    if (ok) {
+        fa3c_context_options opt;
+        fa3c_context_options_init(&opt);
+        opt.backend = "cuda";
+        opt.num_sm = 132;
+        opt.stream = st[0];
+        ok = fa3c_context_create(&opt, &ctx) == FA3C_OK;
+        if (!ok) snprintf(msg, n, "context: %s", fa3c_last_error());
+    }
+    for (int c = 0; c < 2 && ok; c++) {
+        ok = tu_arena_to_device(&p[c].arena, ctx) == 0;
+        a[c] = p[c].args;
+        if (ok) tu_args_to_device(&p[c].arena, &p[c].arena, &a[c], ctx);
+        bytes[c] = (size_t)tu_numel(&a[c].out) * 2; /* contiguous bf16 out */
+        host[c] = (uint8_t *)malloc(2 * bytes[c]);
+        ok = ok && host[c];
+        for (int r = 0; r <= STREAM_ROUNDS && ok; r++) ok = fa3c_device_alloc(ctx, bytes[c], &outs[c][r]) == FA3C_OK;
+    }
+    /* Alone: each case into its buffer 0, then synchronised. */
+    for (int c = 0; c < 2 && ok; c++) {
+        fa3c_fwd_args x = a[c];
+        x.out.data = outs[c][0];
+        ok = fa3c_fwd(ctx, &x) == FA3C_OK && fa3c_context_synchronize(ctx) == FA3C_OK;
+        if (!ok) snprintf(msg, n, "alone, case %d: %s", c, fa3c_last_error());
+    }
+    /* Interleaved over the two streams. */
+    for (int r = 1; r <= STREAM_ROUNDS && ok; r++)
+        for (int c = 0; c < 2 && ok; c++) {
+            fa3c_fwd_args x = a[c];
+            x.out.data = outs[c][r];
+            ok = fa3c_context_set_stream(ctx, st[(r + c) % 2]) == FA3C_OK && fa3c_fwd(ctx, &x) == FA3C_OK;
+            if (!ok) snprintf(msg, n, "round %d, case %d: %s", r, c, fa3c_last_error());
+        }
+    for (int i = 0; i < 2 && ok; i++) ok = cudaStreamSynchronize(st[i]) == cudaSuccess;
+    for (int c = 0; c < 2 && ok; c++) {
+        ok = cudaMemcpy(host[c], outs[c][0], bytes[c], cudaMemcpyDeviceToHost) == cudaSuccess;
+        for (int r = 1; r <= STREAM_ROUNDS && ok; r++) {
+            ok = cudaMemcpy(host[c] + bytes[c], outs[c][r], bytes[c], cudaMemcpyDeviceToHost) == cudaSuccess;
+            if (ok && memcmp(host[c], host[c] + bytes[c], bytes[c]) != 0) {
+                snprintf(msg, n, "%.120s: round %d differs from the forward run alone", p[c].c.name, r);
+                ok = false;
+            }
+        }
+    }
+    if (ok) snprintf(msg, n, "%d rounds, every output equal to the forward alone", STREAM_ROUNDS);
+    for (int c = 0; c < 2; c++) {
+        for (int r = 0; r <= STREAM_ROUNDS; r++)
+            if (outs[c][r]) fa3c_device_free(ctx, outs[c][r]);
+        free(host[c]);
+    }
+    for (int c = 0; c < prepared; c++) tu_prepared_free(&p[c]);
+    fa3c_context_destroy(ctx);
+    for (int i = 0; i < 2; i++)
+        if (st[i]) cudaStreamDestroy(st[i]);
+    return ok;
+}
+#define STREAM_TESTS 1
 #else
 #define GRAPH_TESTS 0
+#define STREAM_TESTS 0
 #endif
 
 static int backend_index(const char *name) {
@@ -528,7 +618,7 @@ int main(void) {
     int ci = backend_index("cuda");
     if (ci < 0 || !fa3c_backend_available(ci)) {
         printf("test_cuda: %s\n", ci < 0 ? "built without the cuda backend" : "no CUDA device");
-        printf("test_cuda: 0 passed, 0 failed, %d skipped\n", l.n + 1 + GRAPH_TESTS);
+        printf("test_cuda: 0 passed, 0 failed, %d skipped\n", l.n + 1 + GRAPH_TESTS + STREAM_TESTS);
         return 77;
     }
     fa3c_context *cuda = NULL, *ref = NULL;
@@ -617,6 +707,9 @@ int main(void) {
         fflush(stdout);
         ok ? passed++ : failed++;
     }
+    ok = two_streams(msg, sizeof msg);
+    printf("%-4s [cuda   ] forwards of one context on two streams: %s\n", ok ? "ok" : "FAIL", msg);
+    ok ? passed++ : failed++;
 #endif
 
     fa3c_context_destroy(cuda);

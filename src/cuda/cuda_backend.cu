@@ -127,6 +127,7 @@ static void state_free(cuda_state *st) {
     if (st->ws.ptr) cudaFree(st->ws.ptr);
     if (st->counts.ptr) cudaFree(st->counts.ptr);
     if (st->sched) cudaFree(st->sched);
+    if (st->done) cudaEventDestroy(st->done);
     for (int i = 0; i < st->n_retired; i++) cudaFree(st->retired[i]);
     free(st->retired);
     free(st->occupancy);
@@ -180,6 +181,14 @@ static fa3c_status cuda_context_init(fa3c_context *ctx, const fa3c_context_optio
                                              &q) != cudaSuccess || q != cudaDriverEntryPointSuccess) {
             st->tma_encode = NULL;
             (void)cudaGetLastError(); // no TMA is not an error of the next launch
+        }
+    }
+    {
+        cudaError_t err = cudaEventCreateWithFlags(&st->done, cudaEventDisableTiming);
+        if (err != cudaSuccess) {
+            st->done = NULL;
+            state_free(st);
+            return cuda_fail(err, "forward ordering event");
         }
     }
     // Allocated here, not at the first forward, so that any forward can be captured into a graph.
@@ -684,17 +693,11 @@ static fa3c_status run_simple(const fa3c_problem *p, const cuda_attn_params *ap,
     return FA3C_OK;
 }
 
-static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c_sched_plan *plan,
-                            const fa3c_kernel_choice *choice) {
-    (void)plan; // device contexts get no host plan: split counts are computed below
+static fa3c_status fwd_launch(fa3c_context *ctx, const fa3c_problem *p, const fa3c_kernel_choice *choice,
+                              bool capturing) {
     const fa3c_fwd_args *a = p->args;
     cuda_state *cst = state_of(ctx);
     cudaStream_t stream = stream_of(ctx);
-    FA3C_TRY(use_device(ctx));
-    if (p->total_q == 0 || p->h_k == 0) return FA3C_OK;
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    CUDA_TRY(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
-    const bool capturing = capture != cudaStreamCaptureStatusNone;
     if (p->no_keys) {
         CUDA_TRY(cuda_fill_launch(&a->out, 0.0f, stream), "fill out");
         if (fa3c_present(&a->softmax_lse)) CUDA_TRY(cuda_fill_launch(&a->softmax_lse, INFINITY, stream), "fill lse");
@@ -877,6 +880,31 @@ static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c
         cp.splits_dyn = splits;
         cp.meta = mc;
         CUDA_TRY(cuda_combine_launch(&cp, stream), "combine kernel launch");
+    }
+    return FA3C_OK;
+}
+
+// The forward. Its launches use the context's workspace and counters, which every forward shares:
+// on another stream than the last forward's, it first waits for that one's work (an event recorded
+// after each forward), so forwards through one context never overlap, whichever streams they are
+// queued on. Under capture neither waits nor records: graphs are ordered by their caller (fa3c.h).
+static fa3c_status cuda_fwd(fa3c_context *ctx, const fa3c_problem *p, const fa3c_sched_plan *plan,
+                            const fa3c_kernel_choice *choice) {
+    (void)plan; // device contexts get no host plan: split counts are computed in fwd_launch
+    cuda_state *cst = state_of(ctx);
+    cudaStream_t stream = stream_of(ctx);
+    FA3C_TRY(use_device(ctx));
+    if (p->total_q == 0 || p->h_k == 0) return FA3C_OK;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_TRY(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+    const bool capturing = capture != cudaStreamCaptureStatusNone;
+    if (!capturing && cst->have_last && cst->last != stream)
+        CUDA_TRY(cudaStreamWaitEvent(stream, cst->done, 0), "cudaStreamWaitEvent (the last forward's stream)");
+    FA3C_TRY(fwd_launch(ctx, p, choice, capturing));
+    if (!capturing) {
+        CUDA_TRY(cudaEventRecord(cst->done, stream), "cudaEventRecord");
+        cst->last = stream;
+        cst->have_last = true;
     }
     return FA3C_OK;
 }

@@ -42,6 +42,11 @@ typedef struct cuda_state {
     int     ctas;       // $FA3C_CUDA_CTAS: the persistent kernel's grid (-1: unset; 0: a CTA per item)
     int     wide;       // $FA3C_CUDA_WIDE != 0: unpaged problems may run wide-tile kernels (wide_min_keys)
     uint32_t *sched;    // (2,) the persistent wgmma kernel's item counters (sm90): zero between forwards
+    // The forwards share ws, counts and sched, so one on another stream than the last waits for
+    // the last's work: `done` is recorded after every forward outside capture, on `last`.
+    cudaEvent_t  done;
+    cudaStream_t last;
+    bool         have_last;
 } cuda_state;
 
 // How a forward with S > 1 and no out_accum spreads the keys over CTAs ($FA3C_CUDA_SPLIT):
