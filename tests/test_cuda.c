@@ -515,29 +515,32 @@ static bool graph_decode(fa3c_context *ref, const char *split_mode, char *msg, s
 
 /*
  * Forwards through one context queued on two streams with no host synchronisation between them
- * (as the Python package does when torch's current stream changes): a causal prefill (the
- * persistent kernel's work-item counter) and a split decode (the workspace's partials and arrival
- * counters), round r running the prefill on stream r % 2 and the decode on the other, each into an
- * output buffer of its own. Every output must equal, bit for bit, the same forward run alone first.
+ * (as the Python package does when torch's current stream changes): a causal prefill with more
+ * work items than CTAs (the persistent kernel's work-item counter) and two split decodes of one
+ * shape but different data (the workspace's partials and arrival counters), case c of round r on
+ * stream (r + c) % 2, each into an output buffer of its own. Every output must equal, bit for bit,
+ * the same forward run alone first. Overlapping forwards would share the counter (items skipped:
+ * rows never written) and the partials (one decode combining the other's).
  */
-#define STREAM_ROUNDS 6
+#define STREAM_ROUNDS 8
+#define STREAM_CASES 3
 static bool two_streams(char *msg, size_t n) {
-    tu_prepared p[2];
+    tu_prepared p[STREAM_CASES];
     int prepared = 0;
     bool ok = true;
     cudaStream_t st[2] = {NULL, NULL};
     fa3c_context *ctx = NULL;
-    void *outs[2][STREAM_ROUNDS + 1];
+    void *outs[STREAM_CASES][STREAM_ROUNDS + 1];
     memset(outs, 0, sizeof outs);
-    uint8_t *host[2] = {NULL, NULL};
-    size_t bytes[2] = {0, 0};
-    fa3c_fwd_args a[2];
+    uint8_t *host[STREAM_CASES] = {NULL};
+    size_t bytes[STREAM_CASES] = {0};
+    fa3c_fwd_args a[STREAM_CASES];
     snprintf(msg, n, "setup failed");
-    for (int c = 0; c < 2 && ok; c++) {
+    for (int c = 0; c < STREAM_CASES && ok; c++) {
         tu_case k;
         tu_case_init(&k);
-        if (c == 0) k.mode = TU_BATCHED, k.b = 2, k.s_q = 900, k.s_k = 1300, k.h = 4, k.h_k = 2, k.causal = true;
-        else k.mode = TU_KVCACHE, k.b = 2, k.s_q = 1, k.s_k = 4000, k.h = 32, k.h_k = 8, k.num_splits = 0;
+        if (c == 0) k.mode = TU_BATCHED, k.b = 2, k.s_q = 2048, k.s_k = 2048, k.h = 16, k.h_k = 4, k.causal = true;
+        else k.mode = TU_KVCACHE, k.b = 2, k.s_q = 1, k.s_k = 8000, k.h = 32, k.h_k = 8, k.num_splits = 0;
         k.d = k.dv = 128, k.seed = 7300u + (uint64_t)c;
         tu_case_describe(&k, "streams ");
         ok = tu_prepare(&k, &p[c]) == 0;
@@ -553,7 +556,7 @@ static bool two_streams(char *msg, size_t n) {
         ok = fa3c_context_create(&opt, &ctx) == FA3C_OK;
         if (!ok) snprintf(msg, n, "context: %s", fa3c_last_error());
     }
-    for (int c = 0; c < 2 && ok; c++) {
+    for (int c = 0; c < STREAM_CASES && ok; c++) {
         ok = tu_arena_to_device(&p[c].arena, ctx) == 0;
         a[c] = p[c].args;
         if (ok) tu_args_to_device(&p[c].arena, &p[c].arena, &a[c], ctx);
@@ -563,7 +566,7 @@ static bool two_streams(char *msg, size_t n) {
         for (int r = 0; r <= STREAM_ROUNDS && ok; r++) ok = fa3c_device_alloc(ctx, bytes[c], &outs[c][r]) == FA3C_OK;
     }
     /* Alone: each case into its buffer 0, then synchronised. */
-    for (int c = 0; c < 2 && ok; c++) {
+    for (int c = 0; c < STREAM_CASES && ok; c++) {
         fa3c_fwd_args x = a[c];
         x.out.data = outs[c][0];
         ok = fa3c_fwd(ctx, &x) == FA3C_OK && fa3c_context_synchronize(ctx) == FA3C_OK;
@@ -571,14 +574,14 @@ static bool two_streams(char *msg, size_t n) {
     }
     /* Interleaved over the two streams. */
     for (int r = 1; r <= STREAM_ROUNDS && ok; r++)
-        for (int c = 0; c < 2 && ok; c++) {
+        for (int c = 0; c < STREAM_CASES && ok; c++) {
             fa3c_fwd_args x = a[c];
             x.out.data = outs[c][r];
             ok = fa3c_context_set_stream(ctx, st[(r + c) % 2]) == FA3C_OK && fa3c_fwd(ctx, &x) == FA3C_OK;
             if (!ok) snprintf(msg, n, "round %d, case %d: %s", r, c, fa3c_last_error());
         }
     for (int i = 0; i < 2 && ok; i++) ok = cudaStreamSynchronize(st[i]) == cudaSuccess;
-    for (int c = 0; c < 2 && ok; c++) {
+    for (int c = 0; c < STREAM_CASES && ok; c++) {
         ok = cudaMemcpy(host[c], outs[c][0], bytes[c], cudaMemcpyDeviceToHost) == cudaSuccess;
         for (int r = 1; r <= STREAM_ROUNDS && ok; r++) {
             ok = cudaMemcpy(host[c] + bytes[c], outs[c][r], bytes[c], cudaMemcpyDeviceToHost) == cudaSuccess;
@@ -589,7 +592,7 @@ static bool two_streams(char *msg, size_t n) {
         }
     }
     if (ok) snprintf(msg, n, "%d rounds, every output equal to the forward alone", STREAM_ROUNDS);
-    for (int c = 0; c < 2; c++) {
+    for (int c = 0; c < STREAM_CASES; c++) {
         for (int r = 0; r <= STREAM_ROUNDS; r++)
             if (outs[c][r]) fa3c_device_free(ctx, outs[c][r]);
         free(host[c]);
