@@ -177,6 +177,10 @@ static void build(case_list *l) {
      * gathered but the last sequence's; split slots) */
     c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 300, 2500, 4, 2, 128), c->descale = true;
     c = add(l, TU_VARLEN, FA3C_DTYPE_E4M3, 3, 200, 2100, 4, 2, 128), c->descale = true, c->num_splits = 3;
+    /* the same from d 256 (its 128-key tiles, one tile at a time), causal from 4k keys, sinks */
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 300, 2500, 4, 2, 256), c->descale = true, c->sinks = BF;
+    c = add(l, TU_VARLEN, FA3C_DTYPE_E4M3, 3, 200, 2100, 4, 2, 256), c->num_splits = 3;
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 1, 260, 4200, 2, 1, 256), c->descale = true, c->causal = true;
     /* FA3's other fp8 head dims: 96, 192 and the 192 / 128 pair, many rows and decode */
     c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 150, 400, 4, 2, 192), c->dv = 128, c->descale = true, c->causal = true;
     c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 3, 2, 900, 8, 1, 192), c->dv = 128, c->page_size = 16, c->num_splits = 0;

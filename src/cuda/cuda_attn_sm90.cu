@@ -23,7 +23,8 @@
 //              cuda_attn.cuh in registers, then O += P V with P from registers and V from shared
 //              memory (B operand MN-major, so V needs no transpose). S of tile t is issued with
 //              P.V of tile t - 1, so a warpgroup's softmax runs under its own P.V, and
-//              one's softmax also overlaps the others' wgmma (sm90_pingpong).
+//              one's softmax also overlaps the others' wgmma (sm90_pingpong; e4m3 wide tiles
+//              run a tile at a time: sm90_overlap).
 // e4m3 inputs (BF = 2): d = 128 and 256: Q is stored as an 8-bit tile, K copied straight into its
 // ring stage (its rows already are one), V staged (bulk tensor copies, or cp.async gathers as
 // above) and transposed (8-bit wgmma operands are K-major only), and the GEMMs run on e4m3 (k32)
@@ -42,7 +43,7 @@ __host__ __device__ constexpr int sm90_threads(int bm) { return 128 + 2 * bm; }
 
 // Keys per tile (BN): 128, or 64 for d = 256, whose 64 x 256 fp32 O takes 128 registers a thread.
 // Problems without paging or a local / chunk mask also have kernels with wider tiles, FA3's (H100
-// tile_size_fwd_sm90) for 16 bits: 176 for d = 128, 80 for d = 256; e4m3 d = 128: 192. A wider
+// tile_size_fwd_sm90) for 16 bits: 176 for d = 128, 80 for d = 256; e4m3: 256 and 128. A wider
 // tile spreads each tile's fixed costs -- the row max and sum shuffles, O's rescale, the barrier
 // hand-overs -- over more keys; a causal problem computes more masked scores on its diagonal tiles
 // (so it takes them only for long keys: the host's wide_min_keys), and page sizes (powers of two)
@@ -59,9 +60,15 @@ __host__ __device__ constexpr int sm90_es(int hd, int fp8) { return sm90_native(
 // e4m3 d >= 128. Named barrier SM90_BAR_TURN + w is warpgroup w's turn (1 is the producer's).
 __host__ __device__ constexpr bool sm90_pingpong(int hd, int fp8) { return fp8 ? hd >= 128 : hd <= 128; }
 #define SM90_BAR_TURN 2
-// K/V stages: as many as fit beside the Q tile in 227 KB.
+// Issuing S_t = Q K_t^T with O += P_{t-1} V_{t-1} (the overlap above) holds S, P and O in registers
+// at once: the e4m3 wide tiles would need 128 + 32 + 64 (d = 128, 256 keys) or 64 + 16 + 128
+// (d = 256, 128 keys) of their 224 (ptxas serialises the wgmma then), so these kernels run one
+// tile at a time, as FA3 does where registers are short; the ping-pong still hides one
+// warpgroup's softmax under the other's GEMMs.
+__host__ __device__ constexpr bool sm90_overlap(int hd, int fp8, int bn) { return !(fp8 && bn * hd > 192 * 128); }
+// K/V stages: as many as fit beside the Q tile (and e4m3 staging) in 227 KB.
 __host__ __device__ constexpr int sm90_stages(int hd, int fp8, int bn) {
-    return hd <= 64 || sm90_native(hd, fp8) ? (bn > 128 ? 3 : 4) : 2;
+    return hd <= 64 || sm90_native(hd, fp8) ? (bn * hd > 128 * 128 ? (bn * hd > 192 * 128 ? 2 : 3) : 4) : 2;
 }
 
 // Producer registers (sm90_consumer_regs): the fewest at which neither side spills (ptxas 13.0),
@@ -97,7 +104,8 @@ __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8, int bn) {
     return sm90_off_pages(hd, fp8, bn) + 2 * bn * 4;
 }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
-// d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have; d 256 with 80-key tiles 231,120.
+// d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have (231,528 with 128-key tiles);
+// d 256 with 80-key tiles 231,120.
 __host__ __device__ constexpr int sm90_barriers(int hd, int fp8, int bn) {
     return 2 + 4 * sm90_stages(hd, fp8, bn) + sm90_staging(hd, fp8);
 }
@@ -459,7 +467,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
     const int ctid = tid - 128, cwg = ctid >> 7, cwarp = (ctid >> 5) & 3;
     const int wrow0 = cwg * 64 + cwarp * 16; // this warp's 16 rows of the tile
     const uint32_t q_base = r.q + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
-    constexpr bool PP = sm90_pingpong(HD, FP8);
+    constexpr bool PP = sm90_pingpong(HD, FP8), OVL = sm90_overlap(HD, FP8, BN);
     const int next_turn = SM90_BAR_TURN + (cwg + 1) % NCW; // the warpgroup after this one
     if (PP && cwg == NCW - 1) sm90_named_arrive(SM90_BAR_TURN, 256); // warpgroup 0 issues first
     int it = 0, qi = 0;
@@ -502,7 +510,42 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
         float corr[2];
         const int n_tiles = __shfl_sync(0xffffffffu, w.n_tiles, 0);
         if (n_tiles > 0) sm90_mbar_wait(r.full_q, (uint32_t)qi & 1);
-        for (int t = 0; t < n_tiles; t++) {
+        if constexpr (!OVL) { // a turn spans P.V of tile t and Q.K^T of tile t + 1
+            if (PP && n_tiles > 0) sm90_named_sync(SM90_BAR_TURN + cwg, 256);
+            for (int t = 0; t < n_tiles; t++) {
+                const int i = it + t, st = i % NST;
+                const uint32_t ph = (uint32_t)(i / NST) & 1;
+                sm90_mbar_wait(r.full_k + 8 * st, ph);
+                sm90_wgmma_fence();
+                sm90_qk<HD, BM, BN, CBF>(s, q_base, r.k + st * TB);
+                sm90_wgmma_commit();
+                if (PP) sm90_named_arrive(next_turn, 256);
+                sm90_wgmma_wait<0>();
+                sm90_fence_regs(s);
+                __syncwarp();
+                if (lane == 0) {
+                    sm90_mbar_arrive(r.empty_k + 8 * st);
+                    if (t == n_tiles - 1) sm90_mbar_arrive(r.empty_q);
+                }
+                const int k0 = w.kmin + t * BN;
+                attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
+                if (t > 0) attn_rescale<DV / 8>(o4, corr);
+                sm90_pack_p<BN, CBF>(s4, pa);
+                sm90_mbar_wait(r.full_v + 8 * st, ph);
+                if (PP) sm90_named_sync(SM90_BAR_TURN + cwg, 256);
+                sm90_wgmma_fence();
+                sm90_pv<DV, BN, CBF>(o, pa, r.v + st * TB);
+                sm90_wgmma_commit();
+                sm90_wgmma_wait<0>();
+                sm90_fence_regs(o);
+                __syncwarp();
+                if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * st);
+            }
+            if (PP && n_tiles > 0) sm90_named_arrive(next_turn, 256);
+            it += n_tiles;
+            qi += n_tiles > 0;
+        }
+        for (int t = 0; t < (OVL ? n_tiles : 0); t++) {
             const int i = it + t, st = i % NST, pst = (i + NST - 1) % NST;
             const uint32_t ph = (uint32_t)(i / NST) & 1, pph = (uint32_t)((i - 1) / NST) & 1;
             sm90_mbar_wait(r.full_k + 8 * st, ph);
@@ -538,7 +581,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
             }
             sm90_pack_p<BN, CBF>(s4, pa);
         }
-        if (n_tiles > 0) { // O += P V of the last tile
+        if (OVL && n_tiles > 0) { // O += P V of the last tile
             const int i = it + n_tiles - 1, st = i % NST;
             sm90_mbar_wait(r.full_v + 8 * st, (uint32_t)(i / NST) & 1);
             sm90_wgmma_fence();
@@ -606,5 +649,6 @@ extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS] = {
     SM90_KERNEL(128, 0, 176, "wgmma_sm90_d128_f16_n176"),
     SM90_KERNEL(256, 1, 80, "wgmma_sm90_d256_bf16_n80"),
     SM90_KERNEL(256, 0, 80, "wgmma_sm90_d256_f16_n80"),
-    SM90_KERNEL(128, 2, 192, "wgmma_sm90_d128_e4m3_n192"),
+    SM90_KERNEL(128, 2, 256, "wgmma_sm90_d128_e4m3_n256"),
+    SM90_KERNEL(256, 2, 128, "wgmma_sm90_d256_e4m3_n128"),
 };

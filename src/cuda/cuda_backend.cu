@@ -100,7 +100,8 @@ static fa3c_status split_mode_from_env(int *mode) {
 //                       cluster; 0 keeps the counter-and-global-memory combine;
 //   $FA3C_CUDA_WIDE     unpaged problems without a local / chunk mask (causal ones with long keys:
 //                       wide_min_keys) run the wgmma kernels' wide key tiles (16-bit d 128: 176
-//                       keys, d 256: 80; e4m3 d 128: 192); 0 keeps them on the 128 / 64-key tiles.
+//                       keys, d 256: 80; e4m3 d 128: 256, d 256: 128); 0 keeps them on the 128 / 64-key
+//                       tiles.
 static fa3c_status switch_from_env(const char *name, int *on) {
     const char *v = getenv(name);
     if (!v || !*v || strcmp(v, "1") == 0) *on = 1;
@@ -301,15 +302,17 @@ static fa3c_status buffer_get(fa3c_context *ctx, cuda_buffer *buf, size_t bytes,
 // Selection: the one answer to "supported?" and "which kernel".
 
 // Keys (s_k) from which a problem without paging or a local / chunk mask runs the wide-tile twin
-// of its wgmma kernel (16-bit d 128: 176 keys, d 256: 80, e4m3 d 128: 192), measured on H100
-// against the 128 / 64-key tile: unmasked, from any length (e4m3 from 2k: 0.93x at 512 keys,
-// 1.02x at 2k, 1.10x at 16k); causal, from where the wide tile's cheaper keys outweigh the masked
-// ones it adds past the diagonal (up to a tile a 128-row block, where the narrow tile wastes half
-// of one), 16-bit each in two calls: d 128 from 16k (1.04x; 8k 0.97-1.00x, 512 0.80x), d 256 from
-// 8k (1.00-1.09x; 4k 0.99-1.01x); e4m3 from 4k (1.05x, 16k 1.10x; across two calls, one each).
+// of its wgmma kernel (16-bit d 128: 176 keys, d 256: 80, e4m3 d 128: 256, d 256: 128), measured
+// on H100 against the 128 / 64-key tile: unmasked, from any length (e4m3 d 128 from 2k, measured
+// with 192-key tiles: 0.93x at 512 keys, 1.02x at 2k, 1.10x at 16k); causal, from where the wide
+// tile's cheaper keys outweigh the masked ones it adds past the diagonal (up to a tile a 128-row
+// block, where the narrow tile wastes half of one), 16-bit each in two calls: d 128 from 16k
+// (1.04x; 8k 0.97-1.00x, 512 0.80x), d 256 from 8k (1.00-1.09x; 4k 0.99-1.01x); e4m3 d 128 from 4k
+// (1.05x, 16k 1.10x; across two calls, one each). e4m3 d 256 from any length, causal or not: its
+// narrow tile has 64 keys (one call: 1.15-1.18x at 512 keys, 1.20-1.33x at 1k, 1.31-1.47x beyond).
 static int64_t wide_min_keys(int64_t hd, int e4m3, int causal) {
-    if (!causal) return e4m3 ? 2048 : 0;
-    return e4m3 ? 4096 : hd > 128 ? 8192 : 16384;
+    if (!causal) return e4m3 ? (hd > 128 ? 0 : 2048) : 0;
+    return e4m3 ? (hd > 128 ? 0 : 4096) : hd > 128 ? 8192 : 16384;
 }
 
 static int64_t headdim_bucket(int64_t d) { return d <= 64 ? 64 : d <= 96 ? 96 : d <= 128 ? 128 : d <= 192 ? 192 : 256; }

@@ -486,7 +486,7 @@ extern const cuda_attn_kernel fa3c_cuda_attn_d192[2 * CUDA_ATTN_KERNELS_PER_BUCK
 extern const cuda_attn_kernel fa3c_cuda_attn_d256[CUDA_ATTN_KERNELS_PER_BUCKET];
 #define CUDA_ATTN_E4M3_KERNELS 12 // {d 64, 96, 128, 192, 256, 192/dv 128} x {many rows, decode} (cuda_attn_e4m3.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_e4m3[CUDA_ATTN_E4M3_KERNELS];
-#define CUDA_ATTN_SM90_KERNELS 14 // {d 64, 128, 256} x {bf16, f16, e4m3}, + wide: d 128, 256 x {bf16, f16}, d 128 e4m3
+#define CUDA_ATTN_SM90_KERNELS 15 // {d 64, 128, 256} x {bf16, f16, e4m3}, + wide: d 128, 256 x {bf16, f16, e4m3}
 extern const cuda_attn_kernel fa3c_cuda_attn_sm90[CUDA_ATTN_SM90_KERNELS];
 #define CUDA_ATTN_MLA_KERNELS 4 // d 64 with qv, {dv 256, 512} x {bf16, f16} (cuda_attn_mla.cu)
 extern const cuda_attn_kernel fa3c_cuda_attn_mla[CUDA_ATTN_MLA_KERNELS];

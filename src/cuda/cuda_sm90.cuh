@@ -256,9 +256,10 @@ __device__ __forceinline__ void sm90_wgmma_rs(float (&d)[N / 2], const uint32_t 
                  : "l"(da), "l"(db), "r"(accumulate))
 template <int N>
 __device__ __forceinline__ void sm90_wgmma_ss_e4m3(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
-    static_assert(N == 64 || N == 128 || N == 192, "the e4m3 kernel's S widths");
+    static_assert(N == 64 || N == 128 || N == 192 || N == 256, "the e4m3 kernel's S widths");
 #if FA3C_SM90A
-    if constexpr (N == 192) SM90_SS_E4M3(192, SM90_R96, SM90_D96, "96", "97", "98");
+    if constexpr (N == 256) SM90_SS_E4M3(256, SM90_R128, SM90_D128, "128", "129", "130");
+    else if constexpr (N == 192) SM90_SS_E4M3(192, SM90_R96, SM90_D96, "96", "97", "98");
     else if constexpr (N == 128) SM90_SS_E4M3(128, SM90_R64, SM90_D64, "64", "65", "66");
     else SM90_SS_E4M3(64, SM90_R32, SM90_D32, "32", "33", "34");
 #endif
