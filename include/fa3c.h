@@ -154,8 +154,10 @@ FA3C_API fa3c_device_type fa3c_context_device_type(const fa3c_context *ctx);
 FA3C_API int32_t     fa3c_context_num_sm(const fa3c_context *ctx);
 FA3C_API int32_t     fa3c_context_num_threads(const fa3c_context *ctx);
 /* Later launches go to stream. A GPU context's forwards share its workspace and work-item
- * counters: the caller orders work on the new stream after the context's work on the old one
- * (an event, or a synchronize), so that no two of its forwards run at once. */
+ * counters, so a forward on another stream than the context's last one first waits (on the GPU)
+ * for that one to finish; no two of its forwards run at once. Under stream capture it neither
+ * waits nor is waited for: the caller orders graph launches. Concurrent forwards on several
+ * streams want a context each. */
 FA3C_API fa3c_status fa3c_context_set_stream(fa3c_context *ctx, void *stream);
 /* Waits until all work submitted through ctx has finished (no-op on CPU backends). */
 FA3C_API fa3c_status fa3c_context_synchronize(fa3c_context *ctx);

@@ -140,8 +140,9 @@ def context_for_device(device, backend=None, **options):
 def default_context(device=(DeviceType.CPU, 0), backend=None):
     """The shared context for (backend, device), created on first use. backend None picks
     $FA3C_BACKEND, else the best available backend for the device. Calls through it launch on the
-    caller's current stream and share its workspace: forwards on two CUDA streams must not overlap
-    (order the streams, or pass each stream's calls a Context of their own)."""
+    caller's current stream and share its workspace, so a call on another CUDA stream than the
+    last one waits (on the GPU) for the last one's work; calls meant to run concurrently on two
+    streams want a Context each."""
     key = (backend, DeviceType(device[0]), int(device[1]))
     with _defaults_lock:
         ctx = _defaults.get(key)
