@@ -491,6 +491,11 @@ __device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq
 // when num_splits > 1, with the factor its unnormalised O is multiplied by (o_scale / l; o_scale:
 // the e4m3 v descale, else 1) and its lse (natural log; m in log2 units), and where the lse goes
 // (NULL: nowhere). poison: the metadata check failed, a final row gets NaN for both.
+// A finished row's lse (natural log) from its running max m (log2 units) and sum l; -inf for a row
+// that saw no key.
+__device__ __forceinline__ float attn_row_lse(float m, float l) {
+    return l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
+}
 struct attn_row_dst {
     float *acc;     // the partial's row (num_splits > 1)
     uint16_t *out;  // out's row (num_splits == 1)
@@ -500,7 +505,7 @@ struct attn_row_dst {
 __device__ __forceinline__ attn_row_dst attn_row_dst_of(const cuda_attn_params &p, int bi, int64_t tok, int hq,
                                                         int split, float m, float l, float o_scale, bool poison) {
     attn_row_dst r;
-    r.lse = l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
+    r.lse = attn_row_lse(m, l);
     r.inv = l > 0.0f ? o_scale / l : 0.0f;
     if (p.num_splits > 1) {
         r.acc = p.oacc + split * p.oa_ss + bi * p.oa_sb + hq * p.oa_sh + tok * p.oa_sr;
@@ -971,7 +976,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
                 if (p.cluster) { // the slot's partial row stays here for the cluster's combine
                     const float inv = L > 0.0f ? v_ds / L : 0.0f;
                     *(float4 *)&sPart[row * DV + col] = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
-                    if (col == 0) sPl[row] = L > 0.0f ? M * ATTN_LN2 + logf(L) : -INFINITY;
+                    if (col == 0) sPl[row] = attn_row_lse(M, L);
                 } else {
                     attn_store_row<OBF, 4>(p, bi, sl.q_offset + i, hq, split, col, o, M, L, v_ds, col == 0, poison);
                 }

@@ -121,20 +121,6 @@ __device__ __forceinline__ void sm90_store_e4m3x16(uint8_t *tile, int r, int c, 
                            (uint4 *)(tile + sm90_swizzle(r, 2 * c + 1, rows)));
 }
 
-// Producer, e4m3: the Q tile, kept (KEEP: a swizzled 8-bit tile, HD >= 128) or converted to fp16
-// (rows >= rows, columns >= d zero).
-template <int HD, int BM, bool KEEP>
-__device__ __forceinline__ void sm90_load_q_e4m3(const cuda_attn_params &p, const cuda_seqlens &sl, int bi, int head,
-                                                 int hk, int g, int row0, int rows, uint8_t *sQ, int ptid) {
-    constexpr int CPR = HD / 16;
-    for (int idx = ptid; idx < BM * CPR; idx += 128) {
-        const int r = idx / CPR, c = idx % CPR;
-        const uint4 raw = attn_q_e4m3_chunk(p, sl, bi, head, hk, g, row0 + r, rows, c);
-        if constexpr (KEEP) *(uint4 *)(sQ + sm90_swizzle(r, c, BM)) = raw;
-        else sm90_store_e4m3x16(sQ, r, c, BM, raw);
-    }
-}
-
 // Producer, e4m3: K or V rows of keys k0 .. k0 + BN - 1 into dst[BN][HD] (unswizzled; rows >=
 // kmax, columns >= width zero-filled). base, sb, sr: the tensor at the head and its strides.
 template <int HD, int BN>
@@ -360,18 +346,38 @@ __device__ __forceinline__ void sm90_produce(const cuda_attn_params &p, const cu
     }
 }
 
-// Producer, e4m3: Q stored synchronously; tile i's V rows (and K rows, d = 64) arrive in staging
+// Producer, e4m3, completing r.full_q: the Q tile kept 8-bit (HD >= 128: cp.async gathers of its
+// rows as a 16-bit tile of HD / 2 columns, as sm90_fetch_e4m3 moves K), or converted to fp16
+// (synchronous; rows >= rows, columns >= d zero).
+template <int HD, int BM, int U>
+__device__ __forceinline__ void sm90_load_q_e4m3(const cuda_attn_params &p, const sm90_item &w, const sm90_ring &r,
+                                                 int ptid) {
+    if constexpr (sm90_native(HD, 1)) {
+        sm90_load_q<HD / 2, BM, U>(p, w.sl, (const uint16_t *)p.q, p.q_sb / 2, p.q_sr / 2, p.q_sh / 2, p.d / 2, w.bi,
+                                   w.head, w.hk, w.g, w.row0, w.rows, r.q, ptid);
+        sm90_mbar_arrive_cp_async(r.full_q);
+    } else {
+        constexpr int CPR = HD / 16;
+        for (int idx = ptid; idx < BM * CPR; idx += 128) {
+            const int rr = idx / CPR, c = idx % CPR;
+            const uint4 raw = attn_q_e4m3_chunk(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0 + rr, w.rows, c);
+            sm90_store_e4m3x16(r.gen, rr, c, BM, raw);
+        }
+        sm90_fence_async_smem();
+        sm90_mbar_arrive(r.full_q);
+    }
+}
+
+// Producer, e4m3: the Q tile (sm90_load_q_e4m3), then tile i's V rows (and K rows, d = 64) arrive in staging
 // buffer i % 2 (issued one tile earlier within the item, sm90_fetch_e4m3) and are moved into stage
 // i % NST once the consumers released it.
-template <int HD, int BN, int NST, int STG>
+template <int HD, int BN, int NST, int STG, int PREGS>
 __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, const cuda_tma &tma, const sm90_item &w,
                                                   const sm90_ring &r, int it, int ptid) {
     static_assert(STG == 2, "two staging buffers");
     constexpr bool KEEP = sm90_native(HD, 1);
     constexpr int TB = sm90_tile_bytes(BN, HD, sm90_es(HD, 1));
-    sm90_load_q_e4m3<HD, sm90_block_m(HD, 1), KEEP>(p, w.sl, w.bi, w.head, w.hk, w.g, w.row0, w.rows, r.gen, ptid);
-    sm90_fence_async_smem();
-    sm90_mbar_arrive(r.full_q);
+    sm90_load_q_e4m3<HD, sm90_block_m(HD, 1), sm90_gather_unroll(PREGS, HD)>(p, w, r, ptid);
     uint8_t *stg = r.gen + sm90_off_staging(HD, 1, BN);
     constexpr int SB = sm90_staging_bytes(HD, 1, BN); // one staging buffer
     sm90_fetch_e4m3<HD, BN, NST, STG>(p, tma, w, r, it, 0, ptid);
@@ -451,7 +457,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
             sm90_item w;
             if (sm90_item_get<BM, BN>(p, tma, id, &w) == SM90_ITEM_RUN && w.n_tiles > 0) {
                 sm90_mbar_wait(r.empty_q, (uint32_t)(qi & 1) ^ 1); // the last item's Q . K^T are done
-                if constexpr (FP8) sm90_produce_e4m3<HD, BN, NST, STG>(p, tma, w, r, it, tid);
+                if constexpr (FP8) sm90_produce_e4m3<HD, BN, NST, STG, PREGS>(p, tma, w, r, it, tid);
                 else sm90_produce<HD, BM, BN, NST, PREGS>(p, tma, w, r, it, tid);
                 it += w.n_tiles;
                 qi++;
