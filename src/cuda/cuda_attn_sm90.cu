@@ -402,6 +402,28 @@ __device__ __forceinline__ void sm90_produce_e4m3(const cuda_attn_params &p, con
     }
 }
 
+// Consumer warp: S of the tile in stage st is in its registers, so the stage's K (and after the
+// item's last tile, Q) may be refilled: one arrival per warp.
+__device__ __forceinline__ void sm90_release_k(const sm90_ring &r, int st, bool last, int lane) {
+    __syncwarp();
+    if (lane == 0) {
+        sm90_mbar_arrive(r.empty_k + 8 * st);
+        if (last) sm90_mbar_arrive(r.empty_q);
+    }
+}
+// Consumer warpgroup: O += P V of the tile in stage st, waited for; then the stage's V is released.
+template <int DV, int BN, int CBF>
+__device__ __forceinline__ void sm90_pv_wait(float (&o)[DV / 2], const uint32_t (&pa)[SM90_PV_STEPS(BN, CBF)][4],
+                                             const sm90_ring &r, uint32_t v_tile, int st, int lane) {
+    sm90_wgmma_fence();
+    sm90_pv<DV, BN, CBF>(o, pa, v_tile);
+    sm90_wgmma_commit();
+    sm90_wgmma_wait<0>();
+    sm90_fence_regs(o);
+    __syncwarp();
+    if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * st);
+}
+
 // BF: 1 bf16, 0 fp16, 2 e4m3 (bf16 out). Persistent: CTA c runs work items c, c + gridDim.x, ...
 // (attn_cta_coords); the producer loads the next item's Q and first K/V tiles while the consumers
 // finish and store the current one.
@@ -528,24 +550,14 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
                 if (PP) sm90_named_arrive(next_turn, 256);
                 sm90_wgmma_wait<0>();
                 sm90_fence_regs(s);
-                __syncwarp();
-                if (lane == 0) {
-                    sm90_mbar_arrive(r.empty_k + 8 * st);
-                    if (t == n_tiles - 1) sm90_mbar_arrive(r.empty_q);
-                }
+                sm90_release_k(r, st, t == n_tiles - 1, lane);
                 const int k0 = w.kmin + t * BN;
                 attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
                 if (t > 0) attn_rescale<DV / 8>(o4, corr);
                 sm90_pack_p<BN, CBF>(s4, pa);
                 sm90_mbar_wait(r.full_v + 8 * st, ph);
                 if (PP) sm90_named_sync(SM90_BAR_TURN + cwg, 256);
-                sm90_wgmma_fence();
-                sm90_pv<DV, BN, CBF>(o, pa, r.v + st * TB);
-                sm90_wgmma_commit();
-                sm90_wgmma_wait<0>();
-                sm90_fence_regs(o);
-                __syncwarp();
-                if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * st);
+                sm90_pv_wait<DV, BN, CBF>(o, pa, r, r.v + st * TB, st, lane);
             }
             if (PP && n_tiles > 0) sm90_named_arrive(next_turn, 256);
             it += n_tiles;
@@ -570,11 +582,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
                 sm90_wgmma_wait<0>();
             }
             sm90_fence_regs(s);
-            __syncwarp();
-            if (lane == 0) {
-                sm90_mbar_arrive(r.empty_k + 8 * st);
-                if (t == n_tiles - 1) sm90_mbar_arrive(r.empty_q);
-            }
+            sm90_release_k(r, st, t == n_tiles - 1, lane);
 
             const int k0 = w.kmin + t * BN;
             attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
@@ -590,13 +598,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
         if (OVL && n_tiles > 0) { // O += P V of the last tile
             const int i = it + n_tiles - 1, st = i % NST;
             sm90_mbar_wait(r.full_v + 8 * st, (uint32_t)(i / NST) & 1);
-            sm90_wgmma_fence();
-            sm90_pv<DV, BN, CBF>(o, pa, r.v + st * TB);
-            sm90_wgmma_commit();
-            sm90_wgmma_wait<0>();
-            sm90_fence_regs(o);
-            __syncwarp();
-            if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * st);
+            sm90_pv_wait<DV, BN, CBF>(o, pa, r, r.v + st * TB, st, lane);
             it += n_tiles;
             qi++;
         }
