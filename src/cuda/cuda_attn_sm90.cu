@@ -104,8 +104,8 @@ __host__ __device__ constexpr int sm90_off_bars(int hd, int fp8, int bn) {
     return sm90_off_pages(hd, fp8, bn) + 2 * bn * 4;
 }
 // + 1024: the dynamic shared memory base is aligned up to the swizzle atom inside the kernel.
-// d 256 e4m3: 231,072 bytes of the 232,448 an H100 block may have (231,528 with 128-key tiles);
-// d 256 with 80-key tiles 231,120.
+// e4m3 d 256 with 128-key tiles: 231,528 bytes of the 232,448 an H100 block may have; 16-bit d 256
+// with 80-key tiles 231,120.
 __host__ __device__ constexpr int sm90_barriers(int hd, int fp8, int bn) {
     return 2 + 4 * sm90_stages(hd, fp8, bn) + sm90_staging(hd, fp8);
 }
