@@ -27,7 +27,10 @@
 #             version: src/cuda/* and tools/bench_cuda.c), for before/after in one run. Make it with
 #             mkdir -p .base/cuda; for f in $(git ls-tree --name-only REV src/cuda/); do
 #             git show REV:$f > .base/cuda/${f##*/}; done; git show REV:tools/bench_cuda.c > .base/bench_cuda.c
-#             (.base/ listed in .git/info/exclude, and named in the device call's carry)
+#             (.base/ listed in .git/info/exclude, and named in the device call's carry). A .base/src/
+#             tree, where present, is laid over src/ too (a version with other core files). $BASES
+#             (space-separated folders like .base, default ".base") benches several versions, each
+#             into bench_<folder name without dots>.csv
 #   torch     bench/bench_torch_sdpa.py (torch SDPA anchors)
 #   ncu       one prefill launch under Nsight Compute
 #   ncu_decode  the first attention launch of each decode shape in $NCU_DECODE (batch:kv:page_size,
@@ -46,6 +49,8 @@
 # to stdout. Usage: bash bench/cuda_device_run.sh test,sweep,sanitize,bench,base
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The base step copies the tree it stands in: only a repository's root will do.
+[[ -f CMakeLists.txt && -d src/cuda && -f bench/cuda_device_run.sh ]] || { echo "cuda_device_run.sh: not in the repository's bench/" >&2; exit 2; }
 OUT=${OUT:-/tmp/fa3c-out}
 BUILD=${BUILD:-build-cuda2}
 SPLIT_MODES=${SPLIT_MODES:-fill,exact,max}
@@ -66,13 +71,18 @@ if ! { cmake -S . -B "$BUILD" -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake
     grep -E "error|Error" "$OUT/build.log" | head -40
     exit 1
 fi
-if [[ $steps == *,base,* ]]; then # the earlier version beside this one: same tree, its cuda sources
-    base=/tmp/fa3c-base
-    rm -rf "$base" && mkdir -p "$base"
-    tar --exclude="./$BUILD" --exclude=./.base -cf - . | tar -xf - -C "$base"
-    cp .base/cuda/* "$base/src/cuda/" && cp .base/bench_cuda.c "$base/tools/"
-    { cmake -S "$base" -B "$base/build" -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release &&
-      cmake --build "$base/build" -j16 --target fa3c_bench_cuda; } >> "$OUT/build.log" 2>&1 || echo "base build FAILED"
+BASES=${BASES:-.base}
+if [[ $steps == *,base,* ]]; then # earlier versions beside this one: same tree, their cuda sources
+    for b in $BASES; do
+        base=/tmp/fa3c-${b//./}
+        rm -rf "$base" && mkdir -p "$base"
+        tar --exclude="./$BUILD" $(for x in $BASES; do echo "--exclude=./$x"; done) -cf - . | tar -xf - -C "$base"
+        [[ -d $b/src ]] && cp -r "$b/src/." "$base/src/"
+        [[ -d $b/cuda ]] && cp "$b"/cuda/* "$base/src/cuda/"
+        cp "$b/bench_cuda.c" "$base/tools/"
+        { cmake -S "$base" -B "$base/build" -DFA3C_CUDA=ON -DCMAKE_BUILD_TYPE=Release &&
+          cmake --build "$base/build" -j16 --target fa3c_bench_cuda; } >> "$OUT/build.log" 2>&1 || echo "$b build FAILED"
+    done
 fi
 stamp "built"
 rc=0
@@ -120,12 +130,14 @@ if [[ $steps == *,bench,* ]]; then
     fi
 fi
 if [[ $steps == *,base,* ]]; then
-    for what in ${BENCH_WHAT//,/ }; do
-        timeout ${T_BASE:-150} /tmp/fa3c-base/build/fa3c_bench_cuda $what ${BENCH_GIB:-34} \
-            >> "$OUT/bench_base.csv" 2>&1 || rc=1
+    for b in $BASES; do
+        for what in ${BENCH_WHAT//,/ }; do
+            timeout ${T_BASE:-150} /tmp/fa3c-${b//./}/build/fa3c_bench_cuda $what ${BENCH_GIB:-34} \
+                >> "$OUT/bench_${b//./}.csv" 2>&1 || rc=1
+        done
+        grep -E "^#|^prefill|^decode,[0-9]+,[0-9]+,(0|16)," "$OUT/bench_${b//./}.csv" | head -60
+        stamp "$b bench done"
     done
-    grep -E "^#|^prefill|^decode,[0-9]+,[0-9]+,(0|16)," "$OUT/bench_base.csv" | head -60
-    stamp "base bench done"
 fi
 if [[ $steps == *,sanitize,* ]]; then
     for tool in memcheck initcheck; do
