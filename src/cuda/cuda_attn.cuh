@@ -487,15 +487,16 @@ __device__ __forceinline__ float attn_add_sink(const cuda_attn_params &p, int hq
     return corr;
 }
 
-// Where a finished row (token tok, head hq) goes: out's row, or split `split`'s partial row (fp32)
-// when num_splits > 1, with the factor its unnormalised O is multiplied by (o_scale / l; o_scale:
-// the e4m3 v descale, else 1) and its lse (natural log; m in log2 units), and where the lse goes
-// (NULL: nowhere). poison: the metadata check failed, a final row gets NaN for both.
 // A finished row's lse (natural log) from its running max m (log2 units) and sum l; -inf for a row
 // that saw no key.
 __device__ __forceinline__ float attn_row_lse(float m, float l) {
     return l > 0.0f ? m * ATTN_LN2 + logf(l) : -INFINITY;
 }
+
+// Where a finished row (token tok, head hq) goes: out's row, or split `split`'s partial row (fp32)
+// when num_splits > 1, with the factor its unnormalised O is multiplied by (o_scale / l; o_scale:
+// the e4m3 v descale, else 1) and its lse (natural log; m in log2 units), and where the lse goes
+// (NULL: nowhere). poison: the metadata check failed, a final row gets NaN for both.
 struct attn_row_dst {
     float *acc;     // the partial's row (num_splits > 1)
     uint16_t *out;  // out's row (num_splits == 1)

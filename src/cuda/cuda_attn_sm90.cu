@@ -411,6 +411,11 @@ __device__ __forceinline__ void sm90_release_k(const sm90_ring &r, int st, bool 
         if (last) sm90_mbar_arrive(r.empty_q);
     }
 }
+// Consumer warp: O += P V of the tile in stage st is done, so the stage's V may be refilled.
+__device__ __forceinline__ void sm90_release_v(const sm90_ring &r, int st, int lane) {
+    __syncwarp();
+    if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * st);
+}
 // Consumer warpgroup: O += P V of the tile in stage st, waited for; then the stage's V is released.
 template <int DV, int BN, int CBF>
 __device__ __forceinline__ void sm90_pv_wait(float (&o)[DV / 2], const uint32_t (&pa)[SM90_PV_STEPS(BN, CBF)][4],
@@ -420,8 +425,7 @@ __device__ __forceinline__ void sm90_pv_wait(float (&o)[DV / 2], const uint32_t 
     sm90_wgmma_commit();
     sm90_wgmma_wait<0>();
     sm90_fence_regs(o);
-    __syncwarp();
-    if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * st);
+    sm90_release_v(r, st, lane);
 }
 
 // BF: 1 bf16, 0 fp16, 2 e4m3 (bf16 out). Persistent: CTA c runs work items c, c + gridDim.x, ...
@@ -530,8 +534,9 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
                                       cuda_descale(p.k_ds, p.kd_sb, p.kd_sh, w.bi, w.hk)
                                 : 1.0f;
 
-        // Tile t: S_t = Q K_t^T is issued together with O += P_{t-1} V_{t-1}; the softmax of S_t
-        // runs while the tensor cores still work on P.V, and O is rescaled once that is done.
+        // Tile t (OVL): S_t = Q K_t^T is issued together with O += P_{t-1} V_{t-1}; the softmax of
+        // S_t runs while the tensor cores still work on P.V, and O is rescaled once that is done.
+        // Else one tile at a time (sm90_overlap).
         float s[BN / 2];
         float (&s4)[BN / 8][4] = *reinterpret_cast<float (*)[BN / 8][4]>(&s);
         uint32_t pa[SM90_PV_STEPS(BN, CBF)][4]; // P_{t-1} in the GEMM's type: the A fragments of P.V
@@ -589,8 +594,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
             if (t > 0) {
                 sm90_wgmma_wait<0>();
                 sm90_fence_regs(o);
-                __syncwarp();
-                if (lane == 0) sm90_mbar_arrive(r.empty_v + 8 * pst);
+                sm90_release_v(r, pst, lane);
                 attn_rescale<DV / 8>(o4, corr);
             }
             sm90_pack_p<BN, CBF>(s4, pa);
