@@ -6,6 +6,7 @@
  *
  * Shape legend as in include/fa3c.h (b, s_q, s_k, s_new, h, h_k, d, dv, S).
  */
+#include "core/fastdiv.h"
 #include "core/internal.h"
 
 #include <stdio.h>
@@ -712,6 +713,36 @@ static void decode_slots(void) {
 }
 
 /* ----------------------------------------------------------------------------------------- */
+/* The GPU kernels' division by a launch's constant (core/fastdiv.h): every divisor up to 4096 and
+ * around each power of two, numerators at the edges and a pseudo-random walk below 2^31 */
+
+static bool fastdiv_ok(uint32_t d, uint32_t *state) {
+    const fa3c_fastdiv f = fa3c_fastdiv_of(d);
+    const uint32_t edge[] = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2 * d, 0x7fffffffu, 0x7ffffffeu, 0x7fffffffu / d * d,
+                             0x7fffffffu / d * d - 1};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
+        if (edge[i] <= 0x7fffffffu && fa3c_fastdiv_quo(f, edge[i]) != edge[i] / d) return false;
+    for (int i = 0; i < 64; i++) {
+        *state = *state * 1664525u + 1013904223u;
+        const uint32_t n = *state >> 1;
+        if (fa3c_fastdiv_quo(f, n) != n / d) return false;
+    }
+    return true;
+}
+
+static void fastdiv(void) {
+    const fa3c_fastdiv six = fa3c_fastdiv_of(6);
+    check(six.mul == 2863311531u && six.shift == 2 && fa3c_fastdiv_quo(six, 100) == 16, "fastdiv: the worked example");
+    uint32_t state = 12345u;
+    bool ok = true;
+    for (uint32_t d = 1; d <= 4096 && ok; d++) ok = fastdiv_ok(d, &state);
+    for (int k = 12; k <= 30 && ok; k++)
+        for (int e = -3; e <= 3 && ok; e++) ok = fastdiv_ok((1u << k) + (uint32_t)e, &state);
+    ok = ok && fastdiv_ok(0x7fffffffu, &state);
+    check(ok, "fastdiv: quotients equal n / d (n < 2^31; d <= 4096, 2^k +- 3, 2^31 - 1)");
+}
+
+/* ----------------------------------------------------------------------------------------- */
 /* Work-item owners (the CPU backends' item -> sequence map) */
 
 static void item_owners(void) {
@@ -728,6 +759,7 @@ int main(void) {
     tiles();
     splits();
     decode_slots();
+    fastdiv();
     heuristic_inputs();
     windows();
 

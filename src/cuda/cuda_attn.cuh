@@ -67,11 +67,14 @@ __host__ __device__ constexpr size_t attn_smem_bytes(int hd, int dv, int mt, int
            (size_t)attn_stages(hd, wsplit) * attn_block_n(hd, mt, wsplit) * sizeof(int32_t);
 }
 
-// Token (within the sequence) and q head of packed row R of kv head hk / head `head`.
+// Token (within the sequence) of packed row R >= 0 (g rows a token when packed, else 1).
+__device__ __forceinline__ int attn_token(const cuda_attn_params &p, int R) {
+    return p.pack_gqa ? (int)cuda_div(p.fd_g, (unsigned)R) : R;
+}
+// Token and q head of packed row R of kv head hk / head `head` (g: p.g when packed, else 1).
 __device__ __forceinline__ void attn_row(const cuda_attn_params &p, int R, int g, int head, int hk, int *i, int *hq) {
-    const unsigned r = (unsigned)R, n = (unsigned)g; // R >= 0, g >= 1: the cheaper unsigned division
-    *i = (int)(r / n);
-    *hq = p.pack_gqa ? hk * g + (int)(r % n) : head;
+    *i = attn_token(p, R);
+    *hq = p.pack_gqa ? hk * g + (R - *i * g) : head;
 }
 
 // Cache row r = k_offset + j of key j: (page, row in page) when paged, else (cache batch, r);
@@ -340,30 +343,33 @@ __device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, cons
 // one CTA per item, fewer than 2^31), or (the persistent wgmma kernel) blockIdx.x, + gridDim.x, ...
 __device__ __forceinline__ void attn_cta_coords(const cuda_attn_params &p, unsigned id, int *bi, int *head, int *split,
                                                 int *m_block) {
-    *m_block = p.num_m_blocks - 1 - (int)(id % (unsigned)p.num_m_blocks);
-    id /= (unsigned)p.num_m_blocks;
-    *split = (int)(id % (unsigned)p.num_splits);
-    id /= (unsigned)p.num_splits;
-    *head = (int)(id % (unsigned)p.grid_heads);
-    *bi = (int)(id / (unsigned)p.grid_heads);
+    unsigned q = cuda_div(p.fd_m_blocks, id);
+    *m_block = p.num_m_blocks - 1 - (int)(id - q * (unsigned)p.num_m_blocks);
+    id = q;
+    q = cuda_div(p.fd_splits, id);
+    *split = (int)(id - q * (unsigned)p.num_splits);
+    id = q;
+    q = cuda_div(p.fd_heads, id);
+    *head = (int)(id - q * (unsigned)p.grid_heads);
+    *bi = (int)q;
 }
 
 // The keys of a CTA (rows row0 .. row0 + bm - 1 of rows, tiles of bn keys) in split slot `split`:
 // [kmin, kmax) from the first row's lo to the last row's hi (both non-decreasing in the row),
 // within the slot's keys [slo, shi). False: an exact split this sequence does not use (the caller
 // stores empty partials).
-__device__ __forceinline__ bool attn_cta_keys(const cuda_attn_params &p, int bi, int seqlen_q, int seqlen_k, int g,
-                                              int row0, int bm, int rows, int bn, int split, int64_t *slo,
+__device__ __forceinline__ bool attn_cta_keys(const cuda_attn_params &p, int bi, int seqlen_q, int seqlen_k, int row0,
+                                              int bm, int rows, int bn, int split, int64_t *slo,
                                               int64_t *shi, int *kmin, int *kmax) {
     int64_t lo_f, hi_f, lo_l, hi_l;
-    cuda_mask_range(p.mask, row0 / g, seqlen_q, seqlen_k, &lo_f, &hi_f);
-    cuda_mask_range(p.mask, (min(row0 + bm, rows) - 1) / g, seqlen_q, seqlen_k, &lo_l, &hi_l);
+    cuda_mask_range(p.mask, attn_token(p, row0), seqlen_q, seqlen_k, &lo_f, &hi_f);
+    cuda_mask_range(p.mask, attn_token(p, min(row0 + bm, rows) - 1), seqlen_q, seqlen_k, &lo_l, &hi_l);
     *slo = 0;
     *shi = seqlen_k;
     if (p.num_splits > 1 && p.pieces) { // slot `split` takes its run of whole tiles of [lo_f, hi_l)
-        // bn is a compile-time tile size, and tile counts fit 32 bits: no 64-bit division here.
+        // bn is a compile-time tile size, and tile counts fit 31 bits: no 64-bit division here.
         const unsigned tiles = hi_l > lo_f ? (unsigned)((hi_l - lo_f + bn - 1) / bn) : 0u;
-        const int64_t per = (tiles + (unsigned)p.num_splits - 1) / (unsigned)p.num_splits;
+        const int64_t per = cuda_div(p.fd_splits, tiles + (unsigned)p.num_splits - 1);
         *slo = min(lo_f + split * per * bn, max(hi_l, lo_f));
         *shi = min(hi_l, *slo + per * bn);
     } else if (p.num_splits > 1) {
@@ -738,11 +744,11 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     const int seqlen_q = max(sl.seqlen_q, 0), seqlen_k = max(sl.seqlen_k, 0);
     const int rows = seqlen_q * g, row0 = m_block * BM;
     if (row0 >= rows) return;
-    const int hk = p.pack_gqa ? head : head / p.g;
+    const int hk = p.pack_gqa ? head : (int)cuda_div(p.fd_g, (unsigned)head);
 
     int64_t slo, shi;
     int kmin, kmax;
-    if (!attn_cta_keys(p, bi, seqlen_q, seqlen_k, g, row0, BM, rows, BN, split, &slo, &shi, &kmin, &kmax)) {
+    if (!attn_cta_keys(p, bi, seqlen_q, seqlen_k, row0, BM, rows, BN, split, &slo, &shi, &kmin, &kmax)) {
         attn_store_empty(p, sl, bi, head, hk, g, row0, rows, BM, split, tid);
         return;
     }

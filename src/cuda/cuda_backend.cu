@@ -846,6 +846,10 @@ static fa3c_status fwd_launch(fa3c_context *ctx, const fa3c_problem *p, const fa
         }
     }
     ap.num_splits = W;
+    ap.fd_g = fa3c_fastdiv_of((uint32_t)ap.g);
+    ap.fd_heads = fa3c_fastdiv_of((uint32_t)ap.grid_heads);
+    ap.fd_m_blocks = fa3c_fastdiv_of((uint32_t)ap.num_m_blocks);
+    ap.fd_splits = fa3c_fastdiv_of((uint32_t)W);
     ap.split_block_n = p->block_n;
     ap.pieces = pieces;
     ap.splits_dyn = splits;

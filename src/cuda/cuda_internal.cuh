@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "core/fastdiv.h"
 #include "core/internal.h"
 
 // ---------------------------------------------------------------------------------------------
@@ -413,6 +414,7 @@ typedef struct cuda_attn_params {
     int32_t page_size, page_shift;         // page_shift = log2(page_size) when a power of two, else -1
     int32_t b, h, h_k, g, d, dv;           // g = h / h_k
     int32_t pack_gqa, grid_heads, num_m_blocks;
+    fa3c_fastdiv fd_g, fd_heads, fd_m_blocks, fd_splits; // g, grid_heads, num_m_blocks, num_splits (at launch)
     float   scale_log2;                    // softmax scale * log2(e)
     float   softcap, softcap_scale;        // softcap (0: off) and scale / softcap
     const void *sinks;                     // (h,) or NULL
@@ -438,6 +440,11 @@ typedef struct cuda_attn_params {
     const float *q_ds, *k_ds, *v_ds;       // (b, h_k) descales (e4m3 only), NULL: 1
     int64_t qd_sb, qd_sh, kd_sb, kd_sh, vd_sb, vd_sh;
 } cuda_attn_params;
+
+// n / f.d for 0 <= n < 2^31 (core/fastdiv.h): item ids and packed rows.
+__device__ __forceinline__ unsigned cuda_div(const fa3c_fastdiv &f, unsigned n) {
+    return f.d == 1 ? n : __umulhi(n, f.mul) >> f.shift;
+}
 
 // descale[bi, hk] of a (b, h_k) fp32 tensor; 1 when absent.
 __device__ __forceinline__ float cuda_descale(const float *t, int64_t sb, int64_t sh, int bi, int hk) {

@@ -46,8 +46,8 @@ __device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cu
     w->rows = w->seqlen_q * w->g;
     w->row0 = m_block * BM;
     if (w->row0 >= w->rows) return SM90_ITEM_NONE;
-    w->hk = p.pack_gqa ? w->head : w->head / p.g;
-    if (!attn_cta_keys(p, w->bi, w->seqlen_q, w->seqlen_k, w->g, w->row0, BM, w->rows, BN, w->split, &w->slo,
+    w->hk = p.pack_gqa ? w->head : (int)cuda_div(p.fd_g, (unsigned)w->head);
+    if (!attn_cta_keys(p, w->bi, w->seqlen_q, w->seqlen_k, w->row0, BM, w->rows, BN, w->split, &w->slo,
                        &w->shi, &w->kmin, &w->kmax))
         return SM90_ITEM_EMPTY_SPLIT;
     if (tma.on && tma.paged_rows) w->kmin -= (w->sl.k_offset + w->kmin) & (tma.paged_rows - 1);
