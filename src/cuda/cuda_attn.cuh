@@ -570,21 +570,61 @@ __device__ __forceinline__ void attn_store_row(const cuda_attn_params &p, int bi
     if (write_lse && r.lse_at) *r.lse_at = r.lse;
 }
 
+// Out's rows r[0], r[1] (this lane's rows lane / 4 and lane / 4 + 8 of the warp's 16; valid),
+// columns col0 .. col0 + 8 OT - 1 (col0 a multiple of 8; those < dv, dv a multiple of 8) of the
+// accumulators o, in 16-byte stores. A lane holds one 4-byte column pair of every 8 columns of
+// a row; a 4 x 4 transpose among the row's quad (two exchanges: lanes 2 apart swap half their
+// pairs, then lanes 1 apart) gives lane q all of block 4 b + q, so the quad stores 64 contiguous
+// bytes of the row: a quarter of the store instructions, whole sectors.
+template <int BF, int OT>
+__device__ __forceinline__ void attn_put_out_quad(const attn_row_dst (&r)[2], const bool *valid, int col0, int dv,
+                                                  const float (&o)[OT][4], int lane) {
+    static_assert(OT % 4 == 0, "32-column blocks");
+    const int q = lane & 3;
+#pragma unroll
+    for (int b = 0; b < OT / 4; b++) {
+#pragma unroll
+        for (int ri = 0; ri < 2; ri++) {
+            uint32_t w[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                w[j] = cuda_pack2<BF>(o[4 * b + j][2 * ri] * r[ri].inv, o[4 * b + j][2 * ri + 1] * r[ri].inv);
+#pragma unroll
+            for (int x = 2; x >= 1; x >>= 1) { // send the pairs j with (j & x) != (q & x), receive them
+                const bool hi = q & x;
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    if (!(j & x)) {
+                        const uint32_t got = __shfl_xor_sync(0xffffffffu, hi ? w[j] : w[j | x], x);
+                        if (hi) w[j] = got;
+                        else w[j | x] = got;
+                    }
+            }
+            const int col = col0 + 32 * b + 8 * q;
+            if (valid[ri] && col < dv) *(uint4 *)(r[ri].out + col) = make_uint4(w[0], w[1], w[2], w[3]);
+        }
+    }
+}
+
 // The finished rows e = 0, 1 of one m16 tile (as in attn_softmax_scores; l summed over the 4 lanes
 // of a row) holding output columns col0 .. col0 + 8 OT - 1 (col0 even; times o_scale): the sink
 // folded in (sink), then out and lse (when with_lse), or the slot's partial, of valid rows. A
 // row's destination and factor once, then only the stores: the epilogue runs on the consumer
 // warps alone, so its instruction count is latency (H100: per store, the MLA kernel's epilogue was
 // 4k instructions a warp, 60 us of a launch at any KV length; MLA 4k 392 -> 479 TFLOP/s, prefill
-// d 128 at 512 keys 1.16-1.20x).
+// d 128 at 512 keys 1.16-1.20x). Out through attn_put_out_quad where OT is a multiple of 4.
 template <int BF, int OT>
 __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int bi, int q_offset, int split,
                                                 const bool *valid, const int *tok, const int *hq, float (&o)[OT][4],
                                                 float *m, float *l, float o_scale, bool sink, bool poison, int lane,
                                                 int col0, bool with_lse) {
+    constexpr bool QUAD = OT % 4 == 0;
+    attn_row_dst rd[2];
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
         const int h2 = 2 * ri;
+        rd[ri].inv = 0.0f;
+        rd[ri].out = NULL;
         if (!valid[ri]) continue;
         if (sink) {
             float corr = attn_add_sink(p, hq[ri], &m[ri], &l[ri]);
@@ -596,18 +636,22 @@ __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int b
         }
         const attn_row_dst r =
             attn_row_dst_of(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, m[ri], l[ri], o_scale, poison);
+        rd[ri] = r;
         const int c0 = col0 + 2 * (lane & 3);
         if (p.num_splits > 1) {
 #pragma unroll
             for (int ot = 0; ot < OT; ot++)
                 if (c0 + ot * 8 < p.dv) attn_put_partial<2>(r, c0 + ot * 8, &o[ot][h2]);
-        } else {
+        } else if (!QUAD) {
 #pragma unroll
             for (int ot = 0; ot < OT; ot++)
                 if (c0 + ot * 8 < p.dv) attn_put_out<BF, 2>(r, c0 + ot * 8, &o[ot][h2]);
         }
         if (with_lse && (lane & 3) == 0 && r.lse_at) *r.lse_at = r.lse;
     }
+    // Shuffled: provably warp-uniform, else ptxas serialises the wgmma of the kernels around it (C7520).
+    if constexpr (QUAD)
+        if (__shfl_sync(0xffffffffu, p.num_splits, 0) == 1) attn_put_out_quad<BF, OT>(rd, valid, col0, p.dv, o, lane);
 }
 
 // Columns col .. col + 3 of combined row (tok, hq) into out, and with column 0 its lse (all NaN when
