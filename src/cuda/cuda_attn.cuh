@@ -612,13 +612,12 @@ __device__ __forceinline__ void attn_put_out_quad(const attn_row_dst (&r)[2], co
 // row's destination and factor once, then only the stores: the epilogue runs on the consumer
 // warps alone, so its instruction count is latency (H100: per store, the MLA kernel's epilogue was
 // 4k instructions a warp, 60 us of a launch at any KV length; MLA 4k 392 -> 479 TFLOP/s, prefill
-// d 128 at 512 keys 1.16-1.20x). Out through attn_put_out_quad where OT is a multiple of 4.
+// d 128 at 512 keys 1.16-1.20x). Out through attn_put_out_quad (every kernel's OT is a multiple of 4).
 template <int BF, int OT>
 __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int bi, int q_offset, int split,
                                                 const bool *valid, const int *tok, const int *hq, float (&o)[OT][4],
                                                 float *m, float *l, float o_scale, bool sink, bool poison, int lane,
                                                 int col0, bool with_lse) {
-    constexpr bool QUAD = OT % 4 == 0;
     attn_row_dst rd[2];
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
@@ -638,20 +637,14 @@ __device__ __forceinline__ void attn_store_tile(const cuda_attn_params &p, int b
             attn_row_dst_of(p, bi, (int64_t)q_offset + tok[ri], hq[ri], split, m[ri], l[ri], o_scale, poison);
         rd[ri] = r;
         const int c0 = col0 + 2 * (lane & 3);
-        if (p.num_splits > 1) {
+        if (p.num_splits > 1)
 #pragma unroll
             for (int ot = 0; ot < OT; ot++)
                 if (c0 + ot * 8 < p.dv) attn_put_partial<2>(r, c0 + ot * 8, &o[ot][h2]);
-        } else if (!QUAD) {
-#pragma unroll
-            for (int ot = 0; ot < OT; ot++)
-                if (c0 + ot * 8 < p.dv) attn_put_out<BF, 2>(r, c0 + ot * 8, &o[ot][h2]);
-        }
         if (with_lse && (lane & 3) == 0 && r.lse_at) *r.lse_at = r.lse;
     }
     // Shuffled: provably warp-uniform, else ptxas serialises the wgmma of the kernels around it (C7520).
-    if constexpr (QUAD)
-        if (__shfl_sync(0xffffffffu, p.num_splits, 0) == 1) attn_put_out_quad<BF, OT>(rd, valid, col0, p.dv, o, lane);
+    if (__shfl_sync(0xffffffffu, p.num_splits, 0) == 1) attn_put_out_quad<BF, OT>(rd, valid, col0, p.dv, o, lane);
 }
 
 // Columns col .. col + 3 of combined row (tok, hq) into out, and with column 0 its lse (all NaN when
