@@ -173,10 +173,12 @@ static void build(case_list *l) {
     c->num_splits = 0, c->pad = true;
     c = add(l, TU_KVCACHE, FA3C_DTYPE_E4M3, 6, 1, 2000, 8, 1, 64), c->descale = true, c->page_size = 1,
     c->leftpad = false, c->num_splits = 0, c->pack_gqa = 1;
-    /* unmasked, unpaged, 2k keys and more (the last tile a bulk copy when batched; varlen: tails
-     * gathered but the last sequence's; split slots) */
+    /* unmasked, unpaged (256-key tiles at any length; the last tile a bulk copy when batched;
+     * varlen: tails gathered but the last sequence's; split slots), short and 2k keys and more */
     c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 300, 2500, 4, 2, 128), c->descale = true;
     c = add(l, TU_VARLEN, FA3C_DTYPE_E4M3, 3, 200, 2100, 4, 2, 128), c->descale = true, c->num_splits = 3;
+    c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 200, 300, 4, 2, 128), c->descale = true;
+    c = add(l, TU_VARLEN, FA3C_DTYPE_E4M3, 3, 150, 700, 8, 2, 128), c->num_splits = 2;
     /* the same from d 256 (its 128-key tiles, one tile at a time), causal from 4k keys, sinks */
     c = add(l, TU_BATCHED, FA3C_DTYPE_E4M3, 2, 300, 2500, 4, 2, 256), c->descale = true, c->sinks = BF;
     c = add(l, TU_VARLEN, FA3C_DTYPE_E4M3, 3, 200, 2100, 4, 2, 256), c->num_splits = 3;

@@ -303,15 +303,16 @@ static fa3c_status buffer_get(fa3c_context *ctx, cuda_buffer *buf, size_t bytes,
 
 // Keys (s_k) from which a problem without paging or a local / chunk mask runs the wide-tile twin
 // of its wgmma kernel (16-bit d 128: 176 keys, d 256: 80, e4m3 d 128: 256, d 256: 128), measured
-// on H100 against the 128 / 64-key tile: unmasked, from any length (e4m3 d 128 from 2k, measured
-// with 192-key tiles: 0.93x at 512 keys, 1.02x at 2k, 1.10x at 16k); causal, from where the wide
-// tile's cheaper keys outweigh the masked ones it adds past the diagonal (up to a tile a 128-row
-// block, where the narrow tile wastes half of one), 16-bit each in two calls: d 128 from 16k
-// (1.04x; 8k 0.97-1.00x, 512 0.80x), d 256 from 8k (1.00-1.09x; 4k 0.99-1.01x); e4m3 d 128 from 4k
-// (1.05x, 16k 1.10x; across two calls, one each). e4m3 d 256 from any length, causal or not: its
-// narrow tile has 64 keys (one call: 1.15-1.18x at 512 keys, 1.20-1.33x at 1k, 1.31-1.47x beyond).
+// on H100 against the 128 / 64-key tile. Unmasked: from any length (e4m3 d 128, three runs in one
+// call: 1.06-1.07x at 512 keys, 1.10-1.12x at 1k). Causal: from where the wide tile's cheaper keys
+// outweigh the masked ones it adds past the diagonal (up to a tile a 128-row block, where the
+// narrow tile wastes half of one), 16-bit each in two calls: d 128 from 16k (1.04x; 8k
+// 0.97-1.00x, 512 0.80x), d 256 from 8k (1.00-1.09x; 4k 0.99-1.01x); e4m3 d 128 from 4k (1.05x,
+// 16k 1.10x; across two calls, one each; in three runs of one call 1k 0.93x, 2k 1.01x); e4m3 d 256
+// from any length: its narrow tile has 64 keys (one call: 1.15-1.18x at 512 keys, 1.20-1.33x at
+// 1k, 1.31-1.47x beyond).
 static int64_t wide_min_keys(int64_t hd, int e4m3, int causal) {
-    if (!causal) return e4m3 ? (hd > 128 ? 0 : 2048) : 0;
+    if (!causal) return 0;
     return e4m3 ? (hd > 128 ? 0 : 4096) : hd > 128 ? 8192 : 16384;
 }
 
