@@ -420,8 +420,11 @@ __device__ __forceinline__ void attn_warp_keys(const bool (&valid)[R2], const in
 // = exp2(r * fac - m) in place, m (log2 units) and l advance, and corr[e] is the factor the row's
 // O must be multiplied by (attn_rescale). Scale (times qk_ds, the e4m3 descales q_ds * k_ds, else
 // 1) folded into one FFMA (softcap, or a scale <= 0, first scale the scores); keys outside a
-// row's [lo, hi) are masked unless mask_free.
-template <int NT>
+// row's [lo, hi) are masked unless mask_free. POFF > 0: P = exp2(r * fac - m + POFF), as FA3 does
+// for P rounded to e4m3 (its Max_offset): P <= 2^POFF, so that P's small values keep e4m3's
+// mantissa instead of underflowing; l grows by the same 2^POFF (the caller lowers m by POFF for
+// the row's lse).
+template <int NT, int POFF = 0>
 __device__ __forceinline__ void attn_softmax_scores(const cuda_attn_params &p, float (&s)[NT][4], float *m, float *l,
                                                     const int *lo, const int *hi, int k0, bool mask_free, int lane,
                                                     float *corr, float qk_ds) {
@@ -458,9 +461,10 @@ __device__ __forceinline__ void attn_softmax_scores(const cuda_attn_params &p, f
         corr[ri] = cuda_exp2(m[ri] - m_use);
         m[ri] = m_new;
         l[ri] *= corr[ri];
+        const float m_p = m_use - (float)POFF;
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
-            float p0 = cuda_exp2(fmaf(s[nt][h2], fac, -m_use)), p1 = cuda_exp2(fmaf(s[nt][h2 + 1], fac, -m_use));
+            float p0 = cuda_exp2(fmaf(s[nt][h2], fac, -m_p)), p1 = cuda_exp2(fmaf(s[nt][h2 + 1], fac, -m_p));
             l[ri] += p0 + p1;
             s[nt][h2] = p0;
             s[nt][h2 + 1] = p1;

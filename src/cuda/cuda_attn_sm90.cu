@@ -500,6 +500,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
     const int wrow0 = cwg * 64 + cwarp * 16; // this warp's 16 rows of the tile
     const uint32_t q_base = r.q + cwg * 64 * 128; // the warpgroup's 64 rows of every column block
     constexpr bool PP = sm90_pingpong(HD, FP8), OVL = sm90_overlap(HD, FP8, BN);
+    constexpr int POFF = CBF == 2 ? 8 : 0; // P rounded to e4m3: scaled by 2^8 (attn_softmax_scores)
     const int next_turn = SM90_BAR_TURN + (cwg + 1) % NCW; // the warpgroup after this one
     if (PP && cwg == NCW - 1) sm90_named_arrive(SM90_BAR_TURN, 256); // warpgroup 0 issues first
     int it = 0, qi = 0;
@@ -557,7 +558,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
                 sm90_fence_regs(s);
                 sm90_release_k(r, st, t == n_tiles - 1, lane);
                 const int k0 = w.kmin + t * BN;
-                attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
+                attn_softmax_scores<BN / 8, POFF>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
                 if (t > 0) attn_rescale<DV / 8>(o4, corr);
                 sm90_pack_p<BN, CBF>(s4, pa);
                 sm90_mbar_wait(r.full_v + 8 * st, ph);
@@ -590,7 +591,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
             sm90_release_k(r, st, t == n_tiles - 1, lane);
 
             const int k0 = w.kmin + t * BN;
-            attn_softmax_scores<BN / 8>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
+            attn_softmax_scores<BN / 8, POFF>(p, s4, m, l, rlo, rhi, k0, k0 >= flo && k0 + BN <= fhi, lane, corr, qk_ds);
             if (t > 0) {
                 sm90_wgmma_wait<0>();
                 sm90_fence_regs(o);
@@ -611,6 +612,7 @@ __global__ void __launch_bounds__(sm90_threads(sm90_block_m(HD, BF == 2)), 1)
         for (int e = 0; e < 2; e++) {
             l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
             l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+            m[e] -= (float)POFF; // l is 2^POFF times the sum of exp2(. - m)
         }
         const float v_ds = FP8 ? cuda_descale(p.v_ds, p.vd_sb, p.vd_sh, w.bi, w.hk) : 1.0f;
         attn_store_tile<OBF, DV / 8>(p, w.bi, w.sl.q_offset, w.split, rvalid, rtok, rhq, o4, m, l, v_ds,
