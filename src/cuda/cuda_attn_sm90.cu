@@ -28,9 +28,9 @@
 // e4m3 inputs (BF = 2): d = 128 and 256: Q is stored as an 8-bit tile, K copied straight into its
 // ring stage (its rows already are one), V staged (bulk tensor copies, or cp.async gathers as
 // above) and transposed (8-bit wgmma operands are K-major only), and the GEMMs run on e4m3 (k32)
-// with P rounded to e4m3, as FA3 does. d = 64: K and V are staged and converted -- exactly -- into
-// fp16 tiles, so the GEMMs run in fp16 and P stays fp16. Both: fp32 accumulation, q * k descales
-// scale the scores, the v descale O, and the output is bf16.
+// with P scaled by 2^8 and rounded to e4m3, as FA3 does. d = 64: K and V are staged and
+// converted -- exactly -- into fp16 tiles, so the GEMMs run in fp16 and P stays fp16. Both: fp32
+// accumulation, q * k descales scale the scores, the v descale O, and the output is bf16.
 //
 // Shapes as in cuda_attn.cuh: q (b, s_q, h, d) / (total_q, h, d); k, v cache rows; out
 // (b, s_q, h, dv) / (total_q, h, dv); lse (b, h, s_q) / (h, total_q); split partials.
