@@ -1,11 +1,18 @@
 // Division by a divisor fixed for a kernel launch, as a multiply-high and a shift (Granlund and
 // Montgomery): the GPU kernels decode work-item ids and packed rows with it, where a 32-bit
 // division is a ~20-instruction sequence. Header-only C, shared by the host (which builds the
-// constants once a launch, and whose unit tests check them) and the CUDA kernels.
+// constants once a launch, and whose unit tests check the quotient) and the CUDA kernels (which
+// call the same function; on the device the product's high word is __umulhi).
 #ifndef FA3C_FASTDIV_H
 #define FA3C_FASTDIV_H
 
 #include <stdint.h>
+
+#ifdef __CUDACC__
+#define FA3C_FASTDIV_FN static inline __host__ __device__
+#else
+#define FA3C_FASTDIV_FN static inline
+#endif
 
 // n / d for 0 <= n < 2^31 and 1 <= d < 2^31: with l = ceil(log2 d) >= 1, m = ceil(2^(31 + l) / d)
 // fits 32 bits and q = (n m) >> (32 + l - 1); d = 1 (l = 0, m would need 33 bits) is n itself.
@@ -25,9 +32,13 @@ static inline fa3c_fastdiv fa3c_fastdiv_of(uint32_t d) {
     return f;
 }
 
-// The quotient as the kernels compute it (their __umulhi is the high word of the product).
-static inline uint32_t fa3c_fastdiv_quo(fa3c_fastdiv f, uint32_t n) {
+// n / f.d (0 <= n < 2^31): the high word of n * mul, shifted.
+FA3C_FASTDIV_FN uint32_t fa3c_fastdiv_quo(fa3c_fastdiv f, uint32_t n) {
+#ifdef __CUDA_ARCH__
+    return f.d == 1 ? n : __umulhi(n, f.mul) >> f.shift;
+#else
     return f.d == 1 ? n : (uint32_t)(((uint64_t)n * f.mul) >> 32) >> f.shift;
+#endif
 }
 
 #endif

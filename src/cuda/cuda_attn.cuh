@@ -69,7 +69,7 @@ __host__ __device__ constexpr size_t attn_smem_bytes(int hd, int dv, int mt, int
 
 // Token (within the sequence) of packed row R >= 0 (g rows a token when packed, else 1).
 __device__ __forceinline__ int attn_token(const cuda_attn_params &p, int R) {
-    return p.pack_gqa ? (int)cuda_div(p.fd_g, (unsigned)R) : R;
+    return p.pack_gqa ? (int)fa3c_fastdiv_quo(p.fd_g, (unsigned)R) : R;
 }
 // Token and q head of packed row R of kv head hk / head `head` (g: p.g when packed, else 1).
 __device__ __forceinline__ void attn_row(const cuda_attn_params &p, int R, int g, int head, int hk, int *i, int *hq) {
@@ -343,13 +343,13 @@ __device__ __forceinline__ void attn_store_empty(const cuda_attn_params &p, cons
 // one CTA per item, fewer than 2^31), or (the persistent wgmma kernel) blockIdx.x, + gridDim.x, ...
 __device__ __forceinline__ void attn_cta_coords(const cuda_attn_params &p, unsigned id, int *bi, int *head, int *split,
                                                 int *m_block) {
-    unsigned q = cuda_div(p.fd_m_blocks, id);
+    unsigned q = fa3c_fastdiv_quo(p.fd_m_blocks, id);
     *m_block = p.num_m_blocks - 1 - (int)(id - q * (unsigned)p.num_m_blocks);
     id = q;
-    q = cuda_div(p.fd_splits, id);
+    q = fa3c_fastdiv_quo(p.fd_splits, id);
     *split = (int)(id - q * (unsigned)p.num_splits);
     id = q;
-    q = cuda_div(p.fd_heads, id);
+    q = fa3c_fastdiv_quo(p.fd_heads, id);
     *head = (int)(id - q * (unsigned)p.grid_heads);
     *bi = (int)q;
 }
@@ -369,7 +369,7 @@ __device__ __forceinline__ bool attn_cta_keys(const cuda_attn_params &p, int bi,
     if (p.num_splits > 1 && p.pieces) { // slot `split` takes its run of whole tiles of [lo_f, hi_l)
         // bn is a compile-time tile size, and tile counts fit 31 bits: no 64-bit division here.
         const unsigned tiles = hi_l > lo_f ? (unsigned)((hi_l - lo_f + bn - 1) / bn) : 0u;
-        const int64_t per = cuda_div(p.fd_splits, tiles + (unsigned)p.num_splits - 1);
+        const int64_t per = fa3c_fastdiv_quo(p.fd_splits, tiles + (unsigned)p.num_splits - 1);
         *slo = min(lo_f + split * per * bn, max(hi_l, lo_f));
         *shi = min(hi_l, *slo + per * bn);
     } else if (p.num_splits > 1) {
@@ -785,7 +785,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_fwd_kernel(const __grid_con
     const int seqlen_q = max(sl.seqlen_q, 0), seqlen_k = max(sl.seqlen_k, 0);
     const int rows = seqlen_q * g, row0 = m_block * BM;
     if (row0 >= rows) return;
-    const int hk = p.pack_gqa ? head : (int)cuda_div(p.fd_g, (unsigned)head);
+    const int hk = p.pack_gqa ? head : (int)fa3c_fastdiv_quo(p.fd_g, (unsigned)head);
 
     int64_t slo, shi;
     int kmin, kmax;

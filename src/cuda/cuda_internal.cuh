@@ -441,11 +441,6 @@ typedef struct cuda_attn_params {
     int64_t qd_sb, qd_sh, kd_sb, kd_sh, vd_sb, vd_sh;
 } cuda_attn_params;
 
-// n / f.d for 0 <= n < 2^31 (core/fastdiv.h): item ids and packed rows.
-__device__ __forceinline__ unsigned cuda_div(const fa3c_fastdiv &f, unsigned n) {
-    return f.d == 1 ? n : __umulhi(n, f.mul) >> f.shift;
-}
-
 // descale[bi, hk] of a (b, h_k) fp32 tensor; 1 when absent.
 __device__ __forceinline__ float cuda_descale(const float *t, int64_t sb, int64_t sh, int bi, int hk) {
     return t ? t[(int64_t)bi * sb + (int64_t)hk * sh] : 1.0f;

@@ -46,7 +46,7 @@ __device__ __forceinline__ int sm90_item_get(const cuda_attn_params &p, const cu
     w->rows = w->seqlen_q * w->g;
     w->row0 = m_block * BM;
     if (w->row0 >= w->rows) return SM90_ITEM_NONE;
-    w->hk = p.pack_gqa ? w->head : (int)cuda_div(p.fd_g, (unsigned)w->head);
+    w->hk = p.pack_gqa ? w->head : (int)fa3c_fastdiv_quo(p.fd_g, (unsigned)w->head);
     if (!attn_cta_keys(p, w->bi, w->seqlen_q, w->seqlen_k, w->row0, BM, w->rows, BN, w->split, &w->slo,
                        &w->shi, &w->kmin, &w->kmax))
         return SM90_ITEM_EMPTY_SPLIT;
